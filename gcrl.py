@@ -1,0 +1,972 @@
+"""gcrl.py -- GC-RL: GRPO with second-order rollout, in one readable file.
+
+Paper: "Towards Better RL Training Data Utilization via Second-Order Rollout"
+(Yang, Wang, Li, Sui; arXiv 2602.22765). No official code exists; this is a reference
+implementation. Choices the paper leaves open are marked "(choice)".
+
+Vanilla GRPO samples n responses per question (first-order rollout) and learns from a
+verifier's 0/1 reward. GC-RL also asks the *same* policy to critique the <question, response>
+pairs it just produced (second-order rollout). A critique's reward is free: the verifier
+already knows whether the critiqued response was right. Responses and critiques are trained
+together in one GRPO update.
+
+    python gcrl.py                          # tiny CPU demo: cold start, then GC-RL, then a summary
+    python gcrl.py --model Qwen2.5-0.5B     # a real model (GPU recommended)
+    python gcrl.py --help                   # every flag
+
+The file follows one training step, top to bottom:
+  0 config -> 1 tasks & models -> 2 verifier -> 3 prompts -> 4 rollout -> 5 filter & cache
+  -> 6 critique -> 7 rewards -> 8 advantages -> 9 loss & update -> 10 cold start
+  -> 11 evaluation -> 12 training loop -> 13 main
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import string
+import sys
+import time
+from fractions import Fraction
+
+import sympy
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ============================================================================ 0. Config
+def parse_args(argv=None):
+    """All flags in one place. Names follow TRL's GRPOConfig where TRL has the flag."""
+    p = argparse.ArgumentParser(description="GC-RL: GRPO with second-order (critique) rollout.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # what to train
+    a("--model", default=None, help="HF hub id, shorthand (Qwen2.5-0.5B -> Qwen/Qwen2.5-0.5B) or a local "
+      "directory. Omitted: a tiny Qwen2-architecture model with a character tokenizer, built in memory.")
+    a("--mode", default="gcrl", choices=["grpo", "critique", "gcrl"],
+      help="grpo = G-RL (responses only); critique = C-RL (critiques of a static balanced set "
+      "built up front); gcrl = GC-RL (responses + critiques of this run's own responses).")
+    a("--dataset", default=os.path.join(HERE, "tiny_tasks", "arith_train.jsonl"),
+      help='training questions, JSONL lines {"question": ..., "answer": ...}')
+    a("--eval_dataset", default=os.path.join(HERE, "tiny_tasks", "arith_test.jsonl"), help="held-out questions")
+    a("--eval_size", type=int, default=200, help="questions used from --eval_dataset (0 = all)")
+    # cold start (the paper's SFT warm-up; needed by the tiny random model)
+    a("--cold_start", default=None, help="JSONL for a supervised warm-up before RL. Lines with "
+      "question+answer: synthetic solve/critique/refine examples (tiny tasks); lines with "
+      "question+response+critique: critique examples (as the paper distils for base models). "
+      "Default: tiny_tasks/arith_coldstart.jsonl for the tiny model, none for --model.")
+    a("--cold_start_steps", type=int, default=300, help="SFT steps of the warm-up (0 = skip)")
+    a("--cold_start_lr", type=float, default=1e-3, help="SFT learning rate")
+    a("--tiny_hidden_size", type=int, default=128, help="tiny model width")
+    a("--tiny_num_layers", type=int, default=4, help="tiny model depth")
+    # rollout
+    a("--max_steps", type=int, default=100, help="RL steps")
+    a("--train_batch_size", type=int, default=16, help="questions per step (verl's data.train_batch_size)")
+    a("--num_generations", type=int, default=8, help="n: responses per question (first-order rollout)")
+    a("--num_critiques", type=int, default=None, help="m: critiques per cached pair (second-order "
+      "rollout). Default: --num_generations in modes that critique.")
+    a("--critique_batch_size", type=int, default=None,
+      help="<question, response> pairs critiqued per step. Default: --train_batch_size.")
+    a("--max_prompt_length", type=int, default=512, help="questions longer than this (tokens) are skipped")
+    a("--max_completion_length", type=int, default=None, help="new tokens per completion (default: 48 tiny, 1024 real)")
+    a("--temperature", type=float, default=1.0, help="sampling temperature (log-probs use the same)")
+    a("--generation_batch_size", type=int, default=256, help="sequences per generate() call (memory)")
+    # label balancing and critique reward (paper section 3 and 5)
+    a("--label_balance", default="filter", choices=["filter", "random", "reweight"],
+      help="filter = the paper's data filter (one right + one wrong response per mixed group); "
+      "random = two random responses per question; reweight = random + Eq. 3 reward")
+    a("--cache_size", type=int, default=None, help="most pairs the question-response cache holds "
+      "(oldest dropped first). Default: 4 x --critique_batch_size.")
+    a("--critique_reward_right", type=float, default=0.7, help='Eq. 2: reward for "right" on a correct '
+      'response (Eq. 5/6 steering: 0.6/0.8 stricter critic, 0.8/0.6 more lenient)')
+    a("--critique_reward_wrong", type=float, default=0.7, help='Eq. 2: reward for "wrong" on a wrong response')
+    a("--num_refinements", type=int, default=0, help="vote denoising (Eq. 4): refinements per critique (0 = off)")
+    a("--denoise_weight_right", type=float, default=0.1, help='Eq. 4 weight when the verdict is "right"')
+    a("--denoise_weight_wrong", type=float, default=0.7, help='Eq. 4 weight when the verdict is "wrong"')
+    a("--static_samples", type=int, default=10, help="C-RL: responses sampled per question to build the static set")
+    # advantages and loss (TRL names)
+    a("--group_by", default="question", choices=["question", "prompt"],
+      help="question = one GRPO group per question: its responses + critiques of its pairs (choice); "
+      "prompt = each prompt its own group")
+    a("--scale_rewards", default="group", choices=["group", "batch", "none"],
+      help="divide advantages by the group std, the batch std, or not at all (Dr. GRPO)")
+    a("--loss_type", default="grpo", choices=["grpo", "dapo", "dr_grpo"],
+      help="grpo = per-sequence token mean; dapo = global token mean; dr_grpo = sum / (N * max_len)")
+    a("--epsilon", type=float, default=0.2, help="PPO clip, lower")
+    a("--epsilon_high", type=float, default=None, help="PPO clip, upper (DAPO clip-higher). Default: --epsilon")
+    a("--beta", type=float, default=0.0, help="k3 KL coefficient to a frozen reference model (0 = no reference model)")
+    a("--num_iterations", type=int, default=1, help="inner epochs over each step's samples (PPO mu)")
+    a("--steps_per_generation", type=int, default=1, help="optimizer steps per rollout batch (PPO mini-batches)")
+    a("--per_device_train_batch_size", type=int, default=64, help="sequences per forward/backward micro-batch")
+    a("--learning_rate", type=float, default=None, help="AdamW lr (default: 3e-5 tiny, 1e-6 real, as the paper)")
+    a("--max_grad_norm", type=float, default=1.0, help="gradient clipping")
+    # bookkeeping
+    a("--eval_steps", type=int, default=25, help="evaluate every this many steps (0 = only at start and end)")
+    a("--save_steps", type=int, default=0, help="write output_dir/checkpoint-STEP every this many steps (0 = off)")
+    a("--output_dir", default=os.path.join("runs", "gcrl"), help="metrics.jsonl, checkpoints, final model")
+    a("--seed", type=int, default=0, help="seeds python and torch")
+    a("--device", default=None, help="cuda when available, else cpu")
+    a("--num_threads", type=int, default=None, help="torch CPU threads (default: all cores, at most 8)")
+    args = p.parse_args(argv)
+    tiny = args.model is None
+    if args.num_critiques is None:
+        args.num_critiques = args.num_generations
+    if args.critique_batch_size is None:
+        args.critique_batch_size = args.train_batch_size
+    if args.cache_size is None:
+        args.cache_size = 4 * args.critique_batch_size
+    if args.epsilon_high is None:
+        args.epsilon_high = args.epsilon
+    if args.learning_rate is None:
+        args.learning_rate = 3e-5 if tiny else 1e-6
+    if args.max_completion_length is None:
+        args.max_completion_length = 48 if tiny else 1024
+    if args.cold_start is None and tiny:
+        args.cold_start = os.path.join(HERE, "tiny_tasks", "arith_coldstart.jsonl")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+# ============================================================================ 1. Tasks and models
+def load_jsonl(path, required=("question", "answer")):
+    """Read a JSONL data set; every bad line is one clear error naming file and line.
+
+    >>> rows = load_jsonl("tiny_tasks/arith_test.jsonl"); rows[0]
+    {'question': '..', 'answer': '..', 'id': 0}
+    """
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: data set {path!r} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"error: {path}:{lineno}: not valid JSON ({e.msg})")
+            if not isinstance(row, dict):
+                raise SystemExit(f"error: {path}:{lineno}: expected a JSON object")
+            for key in required:
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise SystemExit(f"error: {path}:{lineno}: field {key!r} missing or not a non-empty string")
+            row["id"] = len(rows)
+            rows.append(row)
+    if not rows:
+        raise SystemExit(f"error: data set {path!r} is empty")
+    return rows
+
+
+# Fixed strings of the prompt templates (section 3). The tiny tokenizer gives each one a single
+# token, so the tiny model spends its capacity on arithmetic, not on spelling instructions.
+SOLVE_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+CRITIQUE_INSTRUCTION = ("\n#Instruction#: Please verify step by step and judge whether the solution is "
+                        "correct, and end your answer with **Conclusion: right/wrong [END]**\n")
+REFINE_INSTRUCTION = ("\n#Instruction#: Please write a corrected solution, and put your final answer "
+                      "within \\boxed{}.\n")
+TEMPLATE_PIECES = ["#Question#: ", "\n#Solution#: ", "\n#Critique#: ", SOLVE_INSTRUCTION,
+                   CRITIQUE_INSTRUCTION, REFINE_INSTRUCTION, "\\boxed{", "Recomputed: ",
+                   "Conclusion: right [END]", "Conclusion: wrong [END]"]
+
+
+def build_tiny_tokenizer():
+    """Character-level tokenizer built in memory (no download): printable ASCII + template pieces.
+
+    >>> tok = build_tiny_tokenizer(); tok.convert_ids_to_tokens(tok("\\\\boxed{85}").input_ids)
+    ['\\\\boxed{', '8', '5', '}']
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    chars = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>"] + chars)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")  # one char each
+    core.decoder = decoders.Fuse()  # join characters back without spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                  unk_token="<unk>", padding_side="left")
+    tok.add_tokens(TEMPLATE_PIECES)
+    return tok
+
+
+def build_tiny_model(tokenizer, hidden_size=128, num_layers=4, seed=0):
+    """A small Qwen2 (about 0.6 M parameters at the defaults) from a config: same code path as a real one."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    return Qwen2ForCausalLM(config)
+
+
+def resolve_model_name(name):
+    """'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; hub ids with an org and local directories pass through."""
+    if os.path.isdir(name) or "/" in name:
+        return name
+    return f"Qwen/{name}"
+
+
+def load_model(args):
+    """Return (policy, tokenizer). The tiny model when --model is omitted, else AutoModelForCausalLM."""
+    if args.model is None:
+        tok = build_tiny_tokenizer()
+        return build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, args.seed).to(args.device), tok
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    name = resolve_model_name(args.model)
+    if name != args.model:
+        print(f"--model {args.model} resolved to {name}")
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    tok = AutoTokenizer.from_pretrained(name, padding_side="left")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(args.device)
+    return model, tok
+
+
+# ============================================================================ 2. Verifier (Eq. 1)
+def extract_boxed(text):
+    """Content of the last \\boxed{...}, braces balanced; None if absent or unclosed.
+
+    >>> extract_boxed("so \\\\boxed{\\\\frac{1}{2}} and \\\\boxed{8}")
+    '8'
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def _as_fraction(s):
+    s = s.strip().replace(",", "").replace(" ", "")
+    if re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", s):
+        return Fraction(s)
+    return None
+
+
+def answers_equal(a, b):
+    """Are two bare answers the same number? (Hardened in section 2 by issue 3.)"""
+    fa, fb = _as_fraction(a), _as_fraction(b)
+    if fa is not None and fb is not None:
+        return fa == fb
+    return a.strip() == b.strip()
+
+
+def verify(response, gold):
+    """Eq. 1: R(r) = 1 if the last boxed answer of the response equals the gold answer.
+
+    >>> verify("47+38 ... \\\\boxed{85}", "85"), verify("\\\\boxed{84}", "85"), verify("85", "85")
+    (True, False, False)
+    """
+    try:
+        answer = extract_boxed(response)
+        return answer is not None and bool(answers_equal(answer, gold))
+    except Exception:
+        return False
+
+
+# ============================================================================ 3. Prompts
+def solve_prompt(question):
+    """First-order prompt: the question plus the usual boxed-answer instruction."""
+    return question + SOLVE_INSTRUCTION
+
+
+def critique_prompt(question, response):
+    """Second-order prompt in the paper's format (#Question# / #Solution# / #Instruction#)."""
+    return "#Question#: " + question + "\n#Solution#: " + response + CRITIQUE_INSTRUCTION
+
+
+def refine_prompt(question, response, critique):
+    """Vote-denoising prompt (Eq. 4): write a corrected solution given the critique."""
+    return ("#Question#: " + question + "\n#Solution#: " + response + "\n#Critique#: " + critique
+            + REFINE_INSTRUCTION)
+
+
+VERDICT_RE = re.compile(r"Conclusion:\s*\**\s*(right|wrong)\s*\**\s*\[END\]", re.IGNORECASE)
+
+
+def parse_verdict(critique):
+    """Ext(c): the verdict of the LAST 'Conclusion: right/wrong [END]' -> 'correct' | 'wrong' | None.
+
+    >>> parse_verdict("3+4=7. Conclusion: right [END]"), parse_verdict("**Conclusion: wrong [END]**")
+    ('correct', 'wrong')
+    """
+    last = None
+    for last in VERDICT_RE.finditer(critique):
+        pass
+    if last is None:
+        return None
+    return "correct" if last.group(1).lower() == "right" else "wrong"
+
+
+# ============================================================================ 4. Rollout
+@torch.inference_mode()
+def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
+             batch_size=256):
+    """Sample `num_samples` completions per prompt with HF generate (left-padded prompts).
+
+    Returns a dict of per-sequence lists, prompt-major (prompt 0's samples first):
+      prompt_ids[i]      list[int]  the prompt tokens (no padding)
+      completion_ids[i]  list[int]  up to and including the first EOS (no padding)
+      texts[i]           str        the decoded completion, without EOS
+      truncated[i]       bool       hit max_new_tokens before EOS
+    E.g. 2 prompts x num_samples=3 -> 6 entries.
+    """
+    from transformers import GenerationConfig
+    eos = tokenizer.eos_token_id
+    config = GenerationConfig(  # built fresh so a model's own defaults (top_k=50, ...) do not leak in
+        do_sample=not greedy, temperature=temperature if not greedy else None, top_k=0 if not greedy else None,
+        top_p=1.0 if not greedy else None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos)
+    expanded = [p for p in prompts for _ in range(num_samples)]
+    out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(expanded), batch_size):
+        enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True).to(device)
+        seqs = model.generate(**enc, generation_config=config)
+        completions = seqs[:, enc.input_ids.shape[1]:]
+        lengths, truncated = completion_lengths(completions, eos)
+        for row, ids, mask, n in zip(completions.tolist(), enc.input_ids.tolist(), enc.attention_mask.tolist(), lengths):
+            out["prompt_ids"].append([t for t, m in zip(ids, mask) if m])
+            out["completion_ids"].append(row[:n])
+            out["texts"].append(tokenizer.decode(row[:n], skip_special_tokens=True))
+        out["truncated"] += truncated
+    model.train(was_training)
+    return out
+
+
+def completion_lengths(completions, eos_id):
+    """Tokens to keep per row: up to and including the first EOS, or all of a truncated row.
+
+    Found from EOS positions, never from pad-id equality: Qwen's pad token IS its EOS token.
+    >>> completion_lengths(torch.tensor([[5, 0, 0], [5, 6, 7]]), eos_id=0)
+    ([2, 3], [False, True])
+    """
+    is_eos = completions == eos_id
+    has_eos = is_eos.any(1)
+    lengths = torch.where(has_eos, is_eos.int().argmax(1) + 1, completions.shape[1])
+    return lengths.tolist(), (~has_eos).tolist()
+
+
+def collate(prompt_ids, completion_ids, pad_id, device):
+    """Left-pad prompts and right-pad completions into one batch, as generate saw them.
+
+    [[5,6],[7]] + [[1,2,eos],[3]] ->
+      input_ids        [[5,6,1,2,eos], [pad,7,3,pad,pad]]
+      attention_mask   [[1,1,1,1,1],   [0,1,1,0,0]]
+      completion_mask  [[1,1,1],       [1,0,0]]        shape (B, C)
+    """
+    P = max(len(p) for p in prompt_ids)
+    C = max(len(c) for c in completion_ids)
+    ids, attn, cmask = [], [], []
+    for p, c in zip(prompt_ids, completion_ids):
+        ids.append([pad_id] * (P - len(p)) + p + c + [pad_id] * (C - len(c)))
+        attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * (C - len(c)))
+        cmask.append([1] * len(c) + [0] * (C - len(c)))
+    t = lambda x: torch.tensor(x, dtype=torch.long, device=device)
+    return t(ids), t(attn), t(cmask)
+
+
+def completion_logprobs(model, input_ids, attention_mask, num_completion_tokens, temperature=1.0):
+    """log pi(o_t | q, o_<t) for the last C tokens only, computed in fp32. Shape (B, C).
+
+    logits_to_keep skips the LM head on prompt tokens; positions come from the mask so
+    left padding does not shift them (what generate does).
+    """
+    C = num_completion_tokens
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=C + 1).logits[:, :-1]
+    targets = input_ids[:, -C:]
+    rows = []  # row by row: a (B, C, V) fp32 log-softmax would not fit for a 150k vocabulary
+    for lg, tg in zip(logits, targets):
+        lg = lg.float() / temperature
+        rows.append(lg.gather(-1, tg[:, None]).squeeze(-1) - torch.logsumexp(lg, -1))
+    return torch.stack(rows)
+
+
+# ============================================================================ 5. Filter and cache
+def select_pairs(question_id, texts, correct, label_balance, rng):
+    """Paper section 3: which of one question's n responses go to the critique cache.
+
+    filter  : all right or all wrong -> none; else ONE random right + ONE random wrong (balanced).
+    random / reweight: two random responses, whatever their labels (the paper's baselines).
+    Returns [(question_id, response_text, response_correct), ...].
+
+    >>> select_pairs(7, ["a", "b", "c"], [True, False, False], "filter", random.Random(0))
+    [(7, 'a', True), (7, 'c', False)]
+    """
+    idx = list(range(len(texts)))
+    if label_balance == "filter":
+        right = [i for i in idx if correct[i]]
+        wrong = [i for i in idx if not correct[i]]
+        if not right or not wrong:
+            return []
+        chosen = [rng.choice(right), rng.choice(wrong)]
+    else:
+        chosen = rng.sample(idx, min(2, len(idx)))
+    return [(question_id, texts[i], bool(correct[i])) for i in chosen]
+
+
+def add_to_cache(cache, pairs, cache_size):
+    """Append new pairs; drop the oldest beyond cache_size. Returns how many were dropped."""
+    cache.extend(pairs)
+    dropped = max(0, len(cache) - cache_size)
+    del cache[:dropped]
+    return dropped
+
+
+def sample_from_cache(cache, k, rng):
+    """Take k pairs out of the cache uniformly at random, without replacement (they leave it)."""
+    k = min(k, len(cache))
+    picked = sorted(rng.sample(range(len(cache)), k), reverse=True)
+    return [cache.pop(i) for i in picked][::-1]
+
+
+def build_balanced_pairs(model, tokenizer, rows, num_samples, args, rng):
+    """Sample responses to each question and keep one right + one wrong where both exist.
+
+    Used for C-RL's static set (paper: 10 pre-sampled responses per question) and for the
+    1:1 balanced critique evaluation set.
+    """
+    gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in rows], num_samples,
+                   args.max_completion_length, args.temperature, batch_size=args.generation_batch_size)
+    pairs = []
+    for qi, row in enumerate(rows):
+        texts = gen["texts"][qi * num_samples:(qi + 1) * num_samples]
+        correct = [verify(t, row["answer"]) for t in texts]
+        pairs += select_pairs(row["id"], texts, correct, "filter", rng)
+    return pairs
+
+
+# ============================================================================ 6. Critique (second-order rollout)
+def critique_rollout(model, tokenizer, pairs, questions, num_critiques, args):
+    """m critiques per <question, response> pair; each gets its parsed verdict Ext(c).
+
+    pairs: [(question_id, response_text, response_correct)]; questions: id -> row.
+    Returns generate()'s dict plus 'verdicts' (len(pairs) * m entries, pair-major).
+    """
+    prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in pairs]
+    out = generate(model, tokenizer, prompts, num_critiques, args.max_completion_length, args.temperature,
+                   batch_size=args.generation_batch_size)
+    out["verdicts"] = [parse_verdict(t) for t in out["texts"]]
+    return out
+
+
+def refinement_votes(model, tokenizer, pairs, questions, critiques, num_critiques, num_refinements, args):
+    """Vote denoising (paper section 5.2): k/n_ref of the refinements written after each critique
+    that the verifier accepts. Returns a list with one fraction per critique."""
+    prompts, golds = [], []
+    for j, text in enumerate(critiques["texts"]):
+        q, response, _ = pairs[j // num_critiques]
+        prompts.append(refine_prompt(questions[q]["question"], response, text))
+        golds.append(questions[q]["answer"])
+    out = generate(model, tokenizer, prompts, num_refinements, args.max_completion_length, args.temperature,
+                   batch_size=args.generation_batch_size)
+    votes = []
+    for j, gold in enumerate(golds):
+        texts = out["texts"][j * num_refinements:(j + 1) * num_refinements]
+        votes.append(sum(verify(t, gold) for t in texts) / num_refinements)
+    return votes, out
+
+
+# ============================================================================ 7. Rewards
+def critique_reward(verdict, response_correct, reward_right=0.7, reward_wrong=0.7, p=None):
+    """Eq. 2 (and Eq. 3 when p is given): only the final verdict is scored.
+
+    Eq. 2: 0.7 for 'right' on a correct response, 0.7 for 'wrong' on a wrong one, else 0.
+    Eq. 3: with p = E[R(r)], the two cases are re-weighted by 1/(2p) and 1/(2(1-p)), i.e.
+           0.35/p and 0.35/(1-p) at the defaults, which makes the reward unbiased under skew.
+    No parsable verdict -> 0 (choice).
+
+    >>> critique_reward("correct", True), critique_reward("correct", False), critique_reward(None, True)
+    (0.7, 0.0, 0.0)
+    >>> critique_reward("wrong", False, p=0.25)   # 0.35 / 0.75
+    0.4666...
+    """
+    if verdict == "correct" and response_correct:
+        return reward_right if p is None else reward_right / (2 * p)
+    if verdict == "wrong" and not response_correct:
+        return reward_wrong if p is None else reward_wrong / (2 * (1 - p))
+    return 0.0
+
+
+def denoise_reward(verdict, vote, weight_right=0.1, weight_wrong=0.7):
+    """Eq. 4: R_q(c) = 0.1 k/n if Ext(c) = correct, 0.7 k/n if Ext(c) = wrong (0 without a verdict).
+
+    A 'wrong' verdict that leads to a right corrected solution earns the most: it found a real error.
+    >>> denoise_reward("wrong", 0.5), denoise_reward("correct", 1.0)
+    (0.35, 0.1)
+    """
+    if verdict == "correct":
+        return weight_right * vote
+    if verdict == "wrong":
+        return weight_wrong * vote
+    return 0.0
+
+
+# ============================================================================ 8. Advantages
+def grpo_advantages(rewards, group_ids, scale_rewards="group", eps=1e-4):
+    """A_i = (R_i - mean(group)) / (std(group) + eps). Shapes: (N,), (N,) -> (N,).
+
+    Groups may mix responses and critiques (GC-RL's mixed group). A group whose rewards are all
+    equal, or that has one member, gets advantage 0 (never NaN). scale_rewards: 'group' divides
+    by the group's std, 'batch' by the whole batch's, 'none' not at all (Dr. GRPO).
+
+    >>> grpo_advantages(torch.tensor([1., 0., 0.7, 0.7]), torch.tensor([0, 0, 1, 1]))
+    tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
+    """
+    rewards = rewards.float()
+    _, g = torch.unique(group_ids, return_inverse=True)
+    G = int(g.max()) + 1 if len(g) else 0
+    count = torch.zeros(G).index_add_(0, g, torch.ones_like(rewards))
+    mean = torch.zeros(G).index_add_(0, g, rewards) / count
+    centred = rewards - mean[g]
+    var = torch.zeros(G).index_add_(0, g, centred ** 2) / (count - 1).clamp(min=1)  # unbiased, as torch.std
+    std = var.sqrt()[g]
+    if scale_rewards == "group":
+        adv = centred / (std + eps)
+    elif scale_rewards == "batch":
+        adv = centred / (rewards.std() + eps) if len(rewards) > 1 else centred * 0
+    else:
+        adv = centred
+    return torch.where(count[g] > 1, adv, torch.zeros_like(adv))
+
+
+def group_stats(rewards, group_ids):
+    """(fraction of groups with zero reward std, mean within-group std): TRL's frac_reward_zero_std."""
+    zero, stds = [], []
+    for gid in torch.unique(group_ids):
+        r = rewards[group_ids == gid]
+        s = r.std().item() if len(r) > 1 else 0.0
+        stds.append(s)
+        zero.append(s < 1e-8)
+    return sum(zero) / max(1, len(zero)), sum(stds) / max(1, len(stds))
+
+
+# ============================================================================ 9. Loss and update
+def aggregate_loss(per_token, mask, loss_type, num_seqs, num_tokens, max_completion_length):
+    """Every loss normalisation behind one switch (as verl's agg_loss).
+
+    Returns this micro-batch's share of the global loss, so summing the shares of all micro-batches
+    gives exactly the loss of the whole batch (gradient accumulation needs no extra scaling):
+      grpo    : (1/N) sum_i (1/|o_i|) sum_t l_it    every sequence weighs the same (GRPO)
+      dapo    : (1/T) sum_i sum_t l_it              every token weighs the same (DAPO)
+      dr_grpo : (1/(N L)) sum_i sum_t l_it          constant normaliser, no length bias (Dr. GRPO)
+    with N sequences and T tokens in the whole batch, L = max_completion_length.
+    """
+    mask = mask.to(per_token.dtype)
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / num_seqs
+    if loss_type == "dapo":
+        return (per_token * mask).sum() / num_tokens
+    if loss_type == "dr_grpo":
+        return (per_token * mask).sum() / (num_seqs * max_completion_length)
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, epsilon, epsilon_high, beta, loss_type,
+                num_seqs, num_tokens, max_completion_length):
+    """PPO-clip surrogate with optional k3 KL. logp/old_logp/ref_logp/mask: (B, C); advantages: (B,).
+
+    l_it = -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta * (exp(ref - logp) - (ref - logp) - 1)
+    Returns (loss share, stats) where stats holds token sums for logging.
+    """
+    ratio = torch.exp(logp - old_logp)
+    A = advantages[:, None]
+    per_token = -torch.min(ratio * A, torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * A)
+    m = mask.float()
+    stats = {"tokens": m.sum().item(),
+             "clip_low": (((ratio < 1 - epsilon) & (A < 0)).float() * m).sum().item(),
+             "clip_high": (((ratio > 1 + epsilon_high) & (A > 0)).float() * m).sum().item(), "kl": 0.0}
+    if beta > 0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1  # k3 estimator: unbiased, always >= 0
+        per_token = per_token + beta * kl
+        stats["kl"] = (kl.detach() * m).sum().item()
+    return aggregate_loss(per_token, mask, loss_type, num_seqs, num_tokens, max_completion_length), stats
+
+
+def micro_batches(samples, size):
+    """Sort by length, then chunk: sequences of similar length share a batch, so little padding."""
+    order = sorted(samples, key=lambda s: len(s["prompt_ids"]) + len(s["completion_ids"]))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def batch_logprobs(model, batch, pad_id, device, temperature):
+    ids, attn, cmask = collate([s["prompt_ids"] for s in batch], [s["completion_ids"] for s in batch], pad_id, device)
+    return completion_logprobs(model, ids, attn, cmask.shape[1], temperature), cmask
+
+
+def pad_stack(rows, C, device):
+    return torch.stack([F.pad(r, (0, C - len(r))) for r in rows]).to(device)
+
+
+def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
+    """The GRPO update on one step's samples (responses and critiques alike).
+
+    Each sample: {"prompt_ids", "completion_ids", "advantage"}. Splits samples into
+    steps_per_generation mini-batches (one optimizer step each), repeats num_iterations times, and
+    accumulates gradients over micro-batches of per_device_train_batch_size sequences.
+    """
+    device = next(model.parameters()).device
+    stats = {"tokens": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "loss": 0.0, "grad_norm": 0.0,
+             "skipped": 0, "updates": 0, "time_logprobs": 0.0}
+    # old log-probs are needed only when the policy moves before a sample is used (off-policy);
+    # with one iteration and one mini-batch they equal the current ones, detached: no extra pass.
+    on_policy = args.num_iterations == 1 and args.steps_per_generation == 1
+    t0 = time.time()
+    with torch.no_grad():
+        for mb in micro_batches(samples, args.per_device_train_batch_size):
+            if not on_policy:
+                lp, cm = batch_logprobs(model, mb, pad_id, device, args.temperature)
+                for s, row, n in zip(mb, lp, cm.sum(1).tolist()):
+                    s["old_logp"] = row[:n].cpu()
+            if ref_model is not None:
+                lp, cm = batch_logprobs(ref_model, mb, pad_id, device, args.temperature)
+                for s, row, n in zip(mb, lp, cm.sum(1).tolist()):
+                    s["ref_logp"] = row[:n].cpu()
+    stats["time_logprobs"] = time.time() - t0
+    for _ in range(args.num_iterations):
+        order = samples[:]
+        rng.shuffle(order)
+        k = args.steps_per_generation
+        for mini in [order[i::k] for i in range(k)]:
+            if not mini:
+                continue
+            num_seqs, num_tokens = len(mini), sum(len(s["completion_ids"]) for s in mini)
+            optimizer.zero_grad(set_to_none=True)
+            for mb in micro_batches(mini, args.per_device_train_batch_size):
+                logp, cmask = batch_logprobs(model, mb, pad_id, device, args.temperature)
+                C = cmask.shape[1]
+                old = logp.detach() if on_policy else pad_stack([s["old_logp"] for s in mb], C, device)
+                ref = pad_stack([s["ref_logp"] for s in mb], C, device) if ref_model is not None else None
+                adv = torch.tensor([s["advantage"] for s in mb], device=device, dtype=torch.float32)
+                loss, st = policy_loss(logp, old, ref, adv, cmask, args.epsilon, args.epsilon_high, args.beta,
+                                       args.loss_type, num_seqs, num_tokens, args.max_completion_length)
+                loss.backward()
+                stats["loss"] += loss.item() / (args.num_iterations * k)
+                for key in ("tokens", "clip_low", "clip_high", "kl"):
+                    stats[key] += st[key]
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+                stats["updates"] += 1
+                stats["grad_norm"] += grad_norm.item()
+            else:  # a non-finite gradient would poison the weights and Adam's moments: skip it
+                stats["skipped"] += 1
+            optimizer.zero_grad(set_to_none=True)
+    tokens = max(1.0, stats["tokens"])
+    return {"loss": stats["loss"], "grad_norm": stats["grad_norm"] / max(1, stats["updates"]),
+            "kl": stats["kl"] / tokens, "clip_ratio/low_mean": stats["clip_low"] / tokens,
+            "clip_ratio/high_mean": stats["clip_high"] / tokens,
+            "clip_ratio/region_mean": (stats["clip_low"] + stats["clip_high"]) / tokens,
+            "skipped_updates": stats["skipped"], "time/logprobs": stats["time_logprobs"]}
+
+
+# ============================================================================ 10. Cold start (SFT)
+def tiny_cold_start_examples(rows, rng):
+    """Synthetic warm-up data in all three formats (solve, critique, refine) from data set rows.
+
+    A row with worked 'solution' / 'wrong_solution' (tiny_tasks/arith_coldstart.jsonl) gives
+      solve   : solve_prompt('47+38')                      -> '7+8=15,4+3+1=8,\\boxed{85}'
+      critique: critique_prompt(q, wrong_solution)         -> 'Recomputed: 7+8=15,4+3+1=8,85\n'
+                                                              'Conclusion: wrong [END]'
+      refine  : refine_prompt(q, response, critique)       -> the right solution
+    and the same critique/refine pair for the right solution. The critique re-derives the answer
+    step by step before its verdict, so judging is tied to solving. A row with only question and
+    answer falls back to '\\boxed{answer}' and a wrong answer off by a typical slip.
+    """
+    examples = []
+    for row in rows:
+        q, gold = row["question"], row["answer"]
+        right = row.get("solution") or "\\boxed{" + gold + "}"
+        wrong = row.get("wrong_solution")
+        if not wrong:
+            try:
+                wrong = "\\boxed{" + str(int(gold) + rng.choice([-10, -1, 1, 10])) + "}"
+            except ValueError:
+                wrong = "\\boxed{" + gold + "0}"
+        steps = right.replace("\\boxed{" + gold + "}", gold)  # the re-derivation, without the box
+        examples.append((solve_prompt(q), right))
+        for response, ok in ((right, True), (wrong, False)):
+            crit = "Recomputed: " + steps + "\nConclusion: " + ("right" if ok else "wrong") + " [END]"
+            examples.append((critique_prompt(q, response), crit))
+            examples.append((refine_prompt(q, response, crit), right))
+    return examples
+
+
+def cold_start_examples(path, rng):
+    """Read --cold_start: question+answer lines -> tiny synthetic examples; lines that also carry
+    response+critique -> critique examples, as the paper's distilled cold-start data."""
+    rows = load_jsonl(path, required=("question",))
+    examples = []
+    for i, row in enumerate(rows):
+        if isinstance(row.get("critique"), str) and isinstance(row.get("response"), str):
+            examples.append((critique_prompt(row["question"], row["response"]), row["critique"]))
+        elif isinstance(row.get("answer"), str):
+            examples += tiny_cold_start_examples([row], rng)
+        else:
+            raise SystemExit(f"error: {path}:{i + 1}: needs 'answer', or 'response' and 'critique'")
+    return examples
+
+
+def sft(model, tokenizer, examples, steps, lr, batch_size, rng, desc="cold start"):
+    """Supervised warm-up: maximise log pi(target | prompt) on completion tokens only."""
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
+    data = [(enc(p), enc(t) + [tokenizer.eos_token_id]) for p, t in examples]
+    model.train()
+    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True)
+    for step in bar:
+        batch = rng.sample(data, min(batch_size, len(data)))
+        ids, attn, cmask = collate([p for p, _ in batch], [t for _, t in batch], tokenizer.pad_token_id, device)
+        logp = completion_logprobs(model, ids, attn, cmask.shape[1])
+        loss = -(logp * cmask).sum() / cmask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        # linear decay to 0 keeps the end of the warm-up stable
+        for g in optimizer.param_groups:
+            g["lr"] = lr * (1 - step / steps)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return loss.item() if steps else float("nan")
+
+
+# ============================================================================ 11. Evaluation
+def evaluate(model, tokenizer, eval_rows, critique_set, questions, args):
+    """Greedy generation accuracy on held-out questions, and critique accuracy on a 1:1 balanced
+    set of right/wrong responses, plus the rate of 'right' verdicts (0 = a critic that always
+    says wrong; 0.5 is the balanced truth)."""
+    gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
+                   args.max_completion_length, greedy=True, batch_size=args.generation_batch_size)
+    acc = sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows)) / len(eval_rows)
+    metrics = {"eval/accuracy": acc}
+    if critique_set:
+        prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in critique_set]
+        crit = generate(model, tokenizer, prompts, 1, args.max_completion_length, greedy=True,
+                        batch_size=args.generation_batch_size)
+        verdicts = [parse_verdict(t) for t in crit["texts"]]
+        metrics["eval/critique_accuracy"] = sum(
+            v == ("correct" if ok else "wrong") for v, (_, _, ok) in zip(verdicts, critique_set)) / len(critique_set)
+        metrics["eval/critique_right_rate"] = sum(v == "correct" for v in verdicts) / len(verdicts)
+        metrics["eval/critique_pairs"] = len(critique_set)
+    return metrics
+
+
+# ============================================================================ 12. Training loop
+def train(model, tokenizer, train_rows, eval_rows, args, log=print):
+    """RL: every step does first-order rollout -> filter/cache -> second-order rollout -> rewards
+    -> mixed-group advantages -> GRPO update. Returns the list of metrics dicts (one per step)."""
+    rng = random.Random(args.seed)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    questions = {r["id"]: r for r in train_rows}
+    eval_questions = {r["id"]: r for r in eval_rows}
+    ref_model = None
+    if args.beta > 0:  # the frozen reference exists only when the KL term needs it
+        import copy
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    critiques_on = args.mode in ("critique", "gcrl")
+    os.makedirs(args.output_dir, exist_ok=True)
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    open(metrics_path, "w").close()
+
+    # Balanced critique eval set, built once from the starting policy (1 right + 1 wrong per question).
+    critique_eval = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
+    # C-RL trains on a static balanced set built up front from the questions this run will see.
+    order = train_rows[:]
+    rng.shuffle(order)
+    schedule = [order[(s * args.train_batch_size + i) % len(order)]
+                for s in range(args.max_steps) for i in range(args.train_batch_size)]
+    static_set = []
+    if args.mode == "critique":
+        seen = list({r["id"]: r for r in schedule}.values())
+        static_set = build_balanced_pairs(model, tokenizer, seen, args.static_samples, args, rng)
+        log(f"C-RL static set: {len(static_set)} balanced pairs from {len(seen)} questions")
+
+    history = []
+
+    def record(m):
+        history.append(m)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+
+    first = evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args)
+    record({"step": 0, **first})
+    log(f"step 0 | " + " | ".join(f"{k} {v:.3f}" for k, v in first.items()))
+
+    cache, static_pool = [], []
+    p_correct = None  # running E[R(r)] for Eq. 3
+    bar = tqdm(range(1, args.max_steps + 1), desc=f"{args.mode}", dynamic_ncols=True)
+    for step in bar:
+        m = {"step": step}
+        batch = schedule[(step - 1) * args.train_batch_size: step * args.train_batch_size]
+        samples, rewards, groups = [], [], []
+
+        # ---- 1-2. first-order rollout and Eq. 1 rewards
+        if args.mode in ("grpo", "gcrl"):
+            t = time.time()
+            gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in batch], args.num_generations,
+                           args.max_completion_length, args.temperature, batch_size=args.generation_batch_size)
+            m["time/rollout"] = time.time() - t
+            t = time.time()
+            correct = [verify(txt, batch[i // args.num_generations]["answer"]) for i, txt in enumerate(gen["texts"])]
+            m["time/reward"] = time.time() - t
+            for i, ok in enumerate(correct):
+                samples.append({"prompt_ids": gen["prompt_ids"][i], "completion_ids": gen["completion_ids"][i],
+                                "kind": "response"})
+                rewards.append(float(ok))
+                groups.append(batch[i // args.num_generations]["id"])
+            acc = sum(correct) / len(correct)
+            p_correct = acc if p_correct is None else 0.9 * p_correct + 0.1 * acc  # EMA (choice)
+            m["reward"] = acc
+            m["completions/mean_length"] = sum(map(len, gen["completion_ids"])) / len(gen["completion_ids"])
+            m["completions/clipped_ratio"] = sum(gen["truncated"]) / len(gen["truncated"])
+            m["tokens/rollout"] = sum(map(len, gen["completion_ids"]))
+
+            # ---- 3. label balancing: the data filter feeds the question-response cache
+            if args.mode == "gcrl":
+                n = args.num_generations
+                new = []
+                for qi, row in enumerate(batch):
+                    new += select_pairs(row["id"], gen["texts"][qi * n:(qi + 1) * n], correct[qi * n:(qi + 1) * n],
+                                        args.label_balance, rng)
+                m["cache/dropped"] = add_to_cache(cache, new, args.cache_size)
+                m["cache/added"] = len(new)
+
+        # ---- 4-5. second-order rollout: critiques of cached pairs, Eq. 2/3 (+ Eq. 4) rewards
+        if critiques_on:
+            if args.mode == "critique":
+                if len(static_pool) < args.critique_batch_size:  # refill: one pass over the static set per epoch
+                    static_pool = static_pool + rng.sample(static_set, len(static_set))
+                pairs, static_pool = static_pool[:args.critique_batch_size], static_pool[args.critique_batch_size:]
+            else:
+                pairs = sample_from_cache(cache, args.critique_batch_size, rng)
+            m["cache/size"] = len(cache)
+            m["critique/pairs"] = len(pairs)
+            if pairs:
+                mc = args.num_critiques
+                t = time.time()
+                crit = critique_rollout(model, tokenizer, pairs, questions, mc, args)
+                m["time/critique_rollout"] = time.time() - t
+                m["tokens/critique_rollout"] = sum(map(len, crit["completion_ids"]))
+                votes = None
+                if args.num_refinements > 0:
+                    t = time.time()
+                    votes, ref_out = refinement_votes(model, tokenizer, pairs, questions, crit, mc,
+                                                      args.num_refinements, args)
+                    m["time/refine_rollout"] = time.time() - t
+                    m["tokens/refine_rollout"] = sum(map(len, ref_out["completion_ids"]))
+                    m["critique/refine_accuracy"] = sum(votes) / len(votes)
+                p = p_correct if args.label_balance == "reweight" and p_correct is not None else None
+                if p is not None:
+                    p = min(max(p, 0.05), 0.95)  # keep 1/p finite early in training
+                hits = []
+                for j, verdict in enumerate(crit["verdicts"]):
+                    q, _, ok = pairs[j // mc]
+                    r = critique_reward(verdict, ok, args.critique_reward_right, args.critique_reward_wrong, p)
+                    if votes is not None:
+                        r += denoise_reward(verdict, votes[j], args.denoise_weight_right, args.denoise_weight_wrong)
+                    samples.append({"prompt_ids": crit["prompt_ids"][j], "completion_ids": crit["completion_ids"][j],
+                                    "kind": "critique"})
+                    rewards.append(r)
+                    # mixed group (choice): critiques join their question's group; or one group per pair
+                    groups.append(q if args.group_by == "question" else -1 - (step * 100000 + j // mc))
+                    hits.append(verdict == ("correct" if ok else "wrong"))
+                crit_rewards = rewards[-len(hits):]
+                m["critique/reward"] = sum(crit_rewards) / len(crit_rewards)
+                m["critique/accuracy"] = sum(hits) / len(hits)
+                m["critique/right_rate"] = sum(v == "correct" for v in crit["verdicts"]) / len(hits)
+                m["critique/no_verdict_rate"] = sum(v is None for v in crit["verdicts"]) / len(hits)
+                m["critique/label_right_rate"] = sum(ok for _, _, ok in pairs) / len(pairs)
+                m["critique/mean_length"] = m["tokens/critique_rollout"] / len(hits)
+
+        # ---- 6. mixed-group advantages, then one GRPO update
+        if samples:
+            R = torch.tensor(rewards)
+            G = torch.tensor(groups)
+            adv = grpo_advantages(R, G, args.scale_rewards)
+            for s, a in zip(samples, adv.tolist()):
+                s["advantage"] = a
+            m["frac_reward_zero_std"], m["reward_std"] = group_stats(R, G)
+            m["num_samples"] = len(samples)
+            t = time.time()
+            m.update(policy_update(model, ref_model, optimizer, samples, args, pad_id, rng))
+            m["time/update"] = time.time() - t - m["time/logprobs"]
+        m["learning_rate"] = args.learning_rate
+        rollout_time = sum(v for k, v in m.items() if k.endswith("_rollout") and k.startswith("time/")) + m.get("time/rollout", 0)
+        tokens = sum(v for k, v in m.items() if k.startswith("tokens/"))
+        m["tokens_per_second"] = tokens / rollout_time if rollout_time > 0 else 0.0
+
+        if (args.eval_steps and step % args.eval_steps == 0) or step == args.max_steps:
+            m.update(evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args))
+        record(m)
+        bar.set_postfix({k.split("/")[-1]: f"{m[k]:.2f}" for k in ("reward", "critique/accuracy",
+                         "eval/accuracy", "eval/critique_accuracy") if k in m})
+        if args.save_steps and step % args.save_steps == 0:
+            save_model(model, tokenizer, os.path.join(args.output_dir, f"checkpoint-{step}"))
+    return history
+
+
+def save_model(model, tokenizer, path):
+    """save_pretrained into a temporary directory, then rename: a kill never leaves half a checkpoint."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+# ============================================================================ 13. Main
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.num_threads or min(8, os.cpu_count() or 1))
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    train_rows = load_jsonl(args.dataset)
+    eval_rows = load_jsonl(args.eval_dataset)
+    if args.eval_size:
+        eval_rows = eval_rows[:args.eval_size]
+    model, tokenizer = load_model(args)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {args.model or 'tiny Qwen2'} ({n_params / 1e6:.2f} M parameters) on {args.device} | "
+          f"mode {args.mode} | {len(train_rows)} train / {len(eval_rows)} eval questions")
+    if args.cold_start and args.cold_start_steps > 0:
+        examples = cold_start_examples(args.cold_start, random.Random(args.seed))
+        t = time.time()
+        loss = sft(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, 64, random.Random(args.seed))
+        print(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, "
+              f"final loss {loss:.3f}, {time.time() - t:.0f} s")
+    history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write)
+    model.save_pretrained(args.output_dir)  # beside metrics.jsonl; from_pretrained(output_dir) loads it
+    tokenizer.save_pretrained(args.output_dir)
+    start, end = history[0], history[-1]
+    print(f"\nsummary ({args.mode}, {args.max_steps} steps, {time.time() - t_start:.0f} s):")
+    for key in ("eval/accuracy", "eval/critique_accuracy", "eval/critique_right_rate"):
+        if key in start and key in end:
+            print(f"  {key:28s} {start[key]:.3f} -> {end[key]:.3f}")
+    print(f"  metrics: {os.path.join(args.output_dir, 'metrics.jsonl')}; model: {args.output_dir}")
+    return history
+
+
+if __name__ == "__main__":
+    main()

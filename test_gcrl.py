@@ -1,0 +1,390 @@
+"""Tests for gcrl.py, in the order of its sections. CPU only; the whole file runs in well under a minute.
+
+    pytest -q test_gcrl.py
+"""
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import gcrl
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------- shared fixtures
+@pytest.fixture(scope="session")
+def tok():
+    return gcrl.build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def easy_rows():
+    """Eight questions the warm model below has seen: enough for mixed right/wrong samples."""
+    qs = [(11, "+", 12), (23, "+", 14), (35, "-", 12), (47, "-", 25),
+          (52, "+", 31), (64, "-", 33), (71, "+", 18), (86, "-", 44)]
+    rows = []
+    for i, (a, op, b) in enumerate(qs):
+        ans = a + b if op == "+" else a - b
+        rows.append({"question": f"{a}{op}{b}", "answer": str(ans), "id": i})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def warm_model(tok, easy_rows):
+    """A tiny model given a short cold start on easy_rows: it knows the three formats and answers
+    some questions right and some wrong at temperature 1, which every end-to-end test needs."""
+    model = gcrl.build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
+    examples = gcrl.tiny_cold_start_examples(easy_rows, random.Random(0))
+    gcrl.sft(model, tok, examples, steps=60, lr=3e-3, batch_size=32, rng=random.Random(0))
+    return model
+
+
+def make_args(tmp_path, *extra):
+    return gcrl.parse_args(["--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--train_batch_size", "4",
+                            "--num_generations", "4", "--num_critiques", "2", "--eval_steps", "0",
+                            "--max_completion_length", "24", "--learning_rate", "1e-3", "--device", "cpu",
+                            "--static_samples", "4", *extra])
+
+
+# ---------------------------------------------------------------------------- 0. config
+def test_defaults_follow_trl_names_and_fill_in():
+    args = gcrl.parse_args([])
+    assert args.mode == "gcrl" and args.num_critiques == args.num_generations
+    assert args.epsilon_high == args.epsilon == 0.2
+    assert args.critique_batch_size == args.train_batch_size
+    assert args.learning_rate == 3e-5 and args.max_completion_length == 48  # tiny-model defaults
+    real = gcrl.parse_args(["--model", "Qwen2.5-0.5B"])
+    assert real.learning_rate == 1e-6 and real.cold_start is None
+
+
+# ---------------------------------------------------------------------------- 1. tasks and models
+def test_tiny_data_sets_load_and_are_disjoint():
+    splits = {name: gcrl.load_jsonl(f"tiny_tasks/arith_{name}.jsonl") for name in ("coldstart", "train", "test")}
+    qs = {name: {r["question"] for r in rows} for name, rows in splits.items()}
+    assert len(qs["train"]) == 4000 and len(qs["test"]) == 500
+    assert not (qs["train"] & qs["test"]) and not (qs["coldstart"] & qs["test"])
+    for r in splits["coldstart"][:50]:  # worked solutions check out under the verifier
+        assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"question": "1+1"', "not valid JSON"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"question": "1+1"}', "'answer' missing"),
+    ('{"question": "", "answer": "2"}', "'question' missing or not a non-empty string"),
+    ('{"question": "1+1", "answer": 2}', "'answer' missing or not a non-empty string"),
+])
+def test_bad_data_line_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "2+2", "answer": "4"}\n' + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        gcrl.load_jsonl(str(path))
+    assert f"{path}:2:" in str(e.value) and message in str(e.value)
+
+
+def test_missing_and_empty_data_sets(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        gcrl.load_jsonl(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(SystemExit, match="is empty"):
+        gcrl.load_jsonl(str(tmp_path / "empty.jsonl"))
+
+
+def test_tiny_tokenizer_round_trips_prompts(tok):
+    text = gcrl.critique_prompt("47+38", "7+8=15,4+3+1=8,\\boxed{85}") + "Conclusion: wrong [END]"
+    ids = tok(text).input_ids
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text) / 3  # template pieces are single tokens
+    assert tok.convert_ids_to_tokens(tok("\\boxed{85}").input_ids) == ["\\boxed{", "8", "5", "}"]
+
+
+def test_model_shorthand_resolution(tmp_path):
+    assert gcrl.resolve_model_name("Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    assert gcrl.resolve_model_name("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
+    assert gcrl.resolve_model_name(str(tmp_path)) == str(tmp_path)
+
+
+# ---------------------------------------------------------------------------- 2. verifier
+@pytest.mark.parametrize("response, gold, expected", [
+    ("so \\boxed{85}", "85", True),
+    ("\\boxed{84}", "85", False),
+    ("\\boxed{1} then \\boxed{85}", "85", True),   # the last box counts
+    ("\\boxed{85} then \\boxed{1}", "85", False),
+    ("85", "85", False),                           # no box, no reward
+    ("\\boxed{85", "85", False),                   # unclosed box
+    ("\\boxed{-20}", "-20", True),
+    ("\\boxed{85.0}", "85", True),
+])
+def test_verify_basic(response, gold, expected):
+    assert gcrl.verify(response, gold) is expected
+
+
+def test_extract_boxed_balances_braces():
+    assert gcrl.extract_boxed("x \\boxed{\\frac{1}{2}} y") == "\\frac{1}{2}"
+    assert gcrl.extract_boxed("no box") is None
+
+
+# ---------------------------------------------------------------------------- 3. prompts
+@pytest.mark.parametrize("critique, verdict", [
+    ("Recomputed: 85\nConclusion: right [END]", "correct"),
+    ("Recomputed: 85\nConclusion: wrong [END]", "wrong"),
+    ("**Conclusion: right [END]**", "correct"),
+    ("Conclusion: right [END] ... on reflection Conclusion: wrong [END]", "wrong"),  # the last one counts
+    ("Conclusion: right", None),               # no [END]
+    ("the solution is right", None),
+    ("", None),
+])
+def test_parse_verdict(critique, verdict):
+    assert gcrl.parse_verdict(critique) == verdict
+
+
+def test_prompts_follow_paper_format():
+    p = gcrl.critique_prompt("Q?", "R.")
+    assert p.startswith("#Question#: Q?\n#Solution#: R.\n#Instruction#: Please verify step by step")
+    assert "**Conclusion: right/wrong [END]**" in p
+    assert "#Critique#: C." in gcrl.refine_prompt("Q?", "R.", "C.")
+
+
+# ---------------------------------------------------------------------------- 4. rollout
+def test_completion_lengths_stop_at_first_eos_even_when_pad_is_eos():
+    eos = 0  # pad == eos, as in Qwen
+    comps = torch.tensor([[5, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0], [5, 6, 0, 9]])
+    lengths, truncated = gcrl.completion_lengths(comps, eos)
+    assert lengths == [2, 4, 1, 3]
+    assert truncated == [False, True, False, False]
+
+
+def test_collate_pads_prompts_left_and_completions_right():
+    ids, attn, cmask = gcrl.collate([[5, 6], [7]], [[1, 2, 9], [3]], pad_id=0, device="cpu")
+    assert ids.tolist() == [[5, 6, 1, 2, 9], [0, 7, 3, 0, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]
+    assert cmask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_forward_logprobs_match_what_generate_sampled(tok):
+    """Left-padded prompts of different lengths: training log-probs == sampling log-probs."""
+    from transformers import GenerationConfig
+    model = gcrl.build_tiny_model(tok, hidden_size=64, num_layers=2, seed=1).eval()
+    prompts = ["1+1" + gcrl.SOLVE_INSTRUCTION, gcrl.critique_prompt("47+38", "\\boxed{85}"), "9"]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    temperature = 0.7
+    cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=12,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           output_logits=True, return_dict_in_generate=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(**enc, generation_config=cfg)
+    comps = out.sequences[:, enc.input_ids.shape[1]:]
+    lengths, _ = gcrl.completion_lengths(comps, tok.eos_token_id)
+    seen = torch.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1)
+    seen = seen.gather(-1, comps[..., None]).squeeze(-1)
+    prompt_ids = [[t for t, m in zip(i, a) if m] for i, a in zip(enc.input_ids.tolist(), enc.attention_mask.tolist())]
+    completion_ids = [row[:n] for row, n in zip(comps.tolist(), lengths)]
+    ids, attn, cmask = gcrl.collate(prompt_ids, completion_ids, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        lp = gcrl.completion_logprobs(model, ids, attn, cmask.shape[1], temperature)
+    for i, n in enumerate(lengths):
+        assert torch.allclose(lp[i, :n], seen[i, :n], atol=1e-5), (i, (lp[i, :n] - seen[i, :n]).abs().max())
+
+
+def test_generate_returns_prompt_major_samples(tok, warm_model):
+    out = gcrl.generate(warm_model, tok, ["11+12" + gcrl.SOLVE_INSTRUCTION, "23+14" + gcrl.SOLVE_INSTRUCTION],
+                        3, max_new_tokens=24, temperature=1.0)
+    assert len(out["texts"]) == 6 and len(out["completion_ids"]) == 6
+    assert out["prompt_ids"][0] == out["prompt_ids"][2] != out["prompt_ids"][3]
+    for ids, trunc in zip(out["completion_ids"], out["truncated"]):
+        assert (ids[-1] == tok.eos_token_id) != trunc and tok.eos_token_id not in ids[:-1]
+
+
+# ---------------------------------------------------------------------------- 5. filter and cache
+def test_filter_keeps_one_right_one_wrong_and_drops_uniform_groups():
+    rng = random.Random(0)
+    for _ in range(50):
+        correct = [rng.random() < 0.5 for _ in range(6)]
+        pairs = gcrl.select_pairs(3, [f"r{i}" for i in range(6)], correct, "filter", rng)
+        if all(correct) or not any(correct):
+            assert pairs == []
+        else:
+            assert sorted(ok for _, _, ok in pairs) == [False, True]
+            for q, text, ok in pairs:
+                assert q == 3 and correct[int(text[1:])] == ok
+    assert gcrl.select_pairs(0, ["a", "b"], [True, True], "random", rng) != []  # the baselines keep them
+
+
+def test_cache_samples_without_replacement_and_drops_oldest():
+    cache = []
+    assert gcrl.add_to_cache(cache, [(i, str(i), i % 2 == 0) for i in range(10)], cache_size=8) == 2
+    assert [q for q, _, _ in cache] == list(range(2, 10))
+    rng = random.Random(0)
+    a = gcrl.sample_from_cache(cache, 5, rng)
+    b = gcrl.sample_from_cache(cache, 5, rng)
+    assert len(a) == 5 and len(b) == 3 and not cache
+    assert sorted(q for q, _, _ in a + b) == list(range(2, 10))
+
+
+# ---------------------------------------------------------------------------- 7. rewards
+def test_critique_reward_eq2_and_steering():
+    assert gcrl.critique_reward("correct", True) == 0.7
+    assert gcrl.critique_reward("wrong", False) == 0.7
+    assert gcrl.critique_reward("correct", False) == 0.0
+    assert gcrl.critique_reward("wrong", True) == 0.0
+    assert gcrl.critique_reward(None, True) == gcrl.critique_reward(None, False) == 0.0
+    # Eq. 5/6: a stricter critic is paid less for "right" than for "wrong"
+    assert gcrl.critique_reward("correct", True, 0.6, 0.8) == 0.6
+    assert gcrl.critique_reward("wrong", False, 0.6, 0.8) == 0.8
+
+
+def test_critique_reward_eq3_reweights_by_accuracy():
+    p = 0.2
+    assert gcrl.critique_reward("correct", True, p=p) == pytest.approx(0.35 / 0.2)
+    assert gcrl.critique_reward("wrong", False, p=p) == pytest.approx(0.35 / 0.8)
+    assert gcrl.critique_reward("wrong", True, p=p) == 0.0
+    # unbiased: with labels right w.p. p, "always wrong" and "always right" earn the same on average
+    always_wrong = (1 - p) * gcrl.critique_reward("wrong", False, p=p)
+    always_right = p * gcrl.critique_reward("correct", True, p=p)
+    assert always_wrong == pytest.approx(always_right) == pytest.approx(0.35)
+
+
+def test_denoise_reward_eq4():
+    assert gcrl.denoise_reward("correct", 0.5) == pytest.approx(0.05)
+    assert gcrl.denoise_reward("wrong", 0.5) == pytest.approx(0.35)
+    assert gcrl.denoise_reward("wrong", 0.0) == 0.0
+    assert gcrl.denoise_reward(None, 1.0) == 0.0
+
+
+# ---------------------------------------------------------------------------- 8. advantages
+def test_advantages_zero_mean_per_group_and_no_nan():
+    rewards = torch.tensor([1., 0., 0., 1., 0.7, 0.0, 0.7, 0.0, 0.5, 0.5, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3])  # mixed group 0; uniform group 2; lone 3
+    adv = gcrl.grpo_advantages(rewards, groups)
+    assert torch.isfinite(adv).all()
+    for g in groups.unique():
+        assert adv[groups == g].mean().abs() < 1e-6
+    assert (adv[8:] == 0).all()  # zero variance and singletons: no signal, no NaN
+    r0 = rewards[:6]
+    assert adv[0] == pytest.approx(((r0[0] - r0.mean()) / (r0.std() + 1e-4)).item(), rel=1e-5)
+    none = gcrl.grpo_advantages(rewards, groups, scale_rewards="none")
+    assert none[0] == pytest.approx((r0[0] - r0.mean()).item(), rel=1e-5)  # Dr. GRPO: no std
+
+
+def test_group_stats_counts_zero_std_groups():
+    frac, _ = gcrl.group_stats(torch.tensor([1., 1., 0., 1., 0.5]), torch.tensor([0, 0, 1, 1, 2]))
+    assert frac == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------------------- 9. loss
+def _loss(loss_type, logp, old, adv, mask, beta=0.0, ref=None, eps=0.2, eps_high=0.2):
+    return gcrl.policy_loss(logp, old, ref if ref is not None else old, adv, mask, eps, eps_high, beta, loss_type,
+                            num_seqs=logp.shape[0], num_tokens=int(mask.sum()), max_completion_length=4)
+
+
+def test_loss_matches_hand_computation_for_each_loss_type():
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]]))
+    old = logp.clone()  # ratio 1: l_it = -A
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # per-token loss -A: row 0 -> -2 on 3 tokens, row 1 -> +1 on 1 token
+    expected = {"grpo": ((-2 * 3 / 3) + (1 * 1 / 1)) / 2,   # mean over sequences of token means
+                "dapo": (-2 * 3 + 1) / 4,                   # mean over all 4 tokens
+                "dr_grpo": (-2 * 3 + 1) / (2 * 4)}          # / (N * max_completion_length)
+    for loss_type, value in expected.items():
+        loss, _ = _loss(loss_type, logp, old, adv, mask)
+        assert loss.item() == pytest.approx(value), loss_type
+
+
+def test_micro_batch_shares_sum_to_the_full_batch_loss():
+    torch.manual_seed(0)
+    logp, old = torch.randn(6, 5) * 0.1 - 1, torch.randn(6, 5) * 0.1 - 1
+    adv = torch.randn(6)
+    mask = torch.tensor([[1] * n + [0] * (5 - n) for n in (5, 3, 1, 4, 2, 5)])
+    for loss_type in ("grpo", "dapo", "dr_grpo"):
+        full, _ = gcrl.policy_loss(logp, old, old, adv, mask, 0.2, 0.28, 0.0, loss_type, 6, int(mask.sum()), 5)
+        parts = sum(gcrl.policy_loss(logp[s], old[s], old[s], adv[s], mask[s], 0.2, 0.28, 0.0, loss_type,
+                                     6, int(mask.sum()), 5)[0] for s in (slice(0, 2), slice(2, 6)))
+        assert parts.item() == pytest.approx(full.item(), rel=1e-6), loss_type
+
+
+def test_clip_stops_the_gradient_outside_the_trust_region():
+    mask = torch.ones(1, 1)
+    for ratio, adv, clipped in ((1.5, 1.0, True), (0.5, -1.0, True), (1.1, 1.0, False), (0.5, 1.0, False)):
+        logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+        loss, st = _loss("dapo", logp, torch.zeros(1, 1), torch.tensor([adv]), mask)
+        loss.backward()
+        assert (logp.grad.abs().item() == 0) == clipped, (ratio, adv)
+        assert (st["clip_low"] + st["clip_high"] > 0) == clipped
+    # clip-higher: the same ratio is clipped at epsilon_high=0.2 but not at 0.28
+    logp = torch.tensor([[math.log(1.25)]])
+    assert _loss("dapo", logp, torch.zeros(1, 1), torch.tensor([1.0]), mask)[1]["clip_high"] == 1
+    assert _loss("dapo", logp, torch.zeros(1, 1), torch.tensor([1.0]), mask, eps_high=0.28)[1]["clip_high"] == 0
+
+
+def test_k3_kl_term_is_zero_at_reference_and_positive_away():
+    mask = torch.ones(1, 2)
+    logp = torch.tensor([[-1.0, -2.0]])
+    adv = torch.zeros(1)
+    same, st = _loss("dapo", logp, logp, adv, mask, beta=0.1, ref=logp)
+    assert same.item() == pytest.approx(0.0) and st["kl"] == pytest.approx(0.0)
+    ref = torch.tensor([[-1.5, -1.0]])
+    loss, st = _loss("dapo", logp, logp, adv, mask, beta=0.1, ref=ref)
+    d = ref - logp
+    k3 = (torch.exp(d) - d - 1).mean().item()
+    assert loss.item() == pytest.approx(0.1 * k3) and k3 > 0
+
+
+# ---------------------------------------------------------------------------- 10. cold start
+def test_tiny_cold_start_examples_cover_three_formats():
+    row = {"question": "47+38", "answer": "85", "solution": "7+8=15,4+3+1=8,\\boxed{85}",
+           "wrong_solution": "7+8=15,4+3+0=7,\\boxed{75}"}
+    ex = gcrl.tiny_cold_start_examples([row], random.Random(0))
+    assert len(ex) == 5
+    verdicts = [gcrl.parse_verdict(t) for p, t in ex if "#Instruction#: Please verify" in p]
+    assert verdicts == ["correct", "wrong"]
+    assert all(gcrl.verify(t, "85") for p, t in ex if "#Instruction#: Please verify" not in p)
+
+
+# ---------------------------------------------------------------------------- 12. training loop (end to end)
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+@pytest.mark.parametrize("mode, extra", [
+    ("grpo", []),
+    ("critique", []),
+    ("gcrl", []),
+    ("gcrl", ["--label_balance", "reweight", "--num_refinements", "2", "--group_by", "prompt",
+              "--beta", "0.05", "--num_iterations", "2", "--loss_type", "dapo", "--per_device_train_batch_size", "7"]),
+])
+def test_training_steps_change_parameters_and_write_metrics(tmp_path, tok, warm_model, easy_rows, mode, extra):
+    model = copy.deepcopy(warm_model)
+    before = _params(model)
+    args = make_args(tmp_path, "--mode", mode, *extra)
+    history = gcrl.train(model, tok, easy_rows, easy_rows, args, log=lambda *a: None)
+    assert not torch.equal(before, _params(model))
+    lines = [json.loads(l) for l in open(tmp_path / "out" / "metrics.jsonl")]
+    assert [l["step"] for l in lines] == [0, 1, 2] and lines == history
+    last = lines[-1]
+    for key in ("loss", "grad_norm", "kl", "clip_ratio/region_mean", "frac_reward_zero_std", "reward_std",
+                "eval/accuracy", "tokens_per_second", "time/update"):
+        assert key in last and math.isfinite(last[key]), key
+    if mode != "critique":
+        assert {"reward", "completions/mean_length", "time/rollout"} <= set(last)
+    if mode != "grpo":
+        assert "eval/critique_accuracy" in last and "eval/critique_right_rate" in last
+        assert any("critique/accuracy" in l for l in lines)
+    if "--num_refinements" in extra:
+        assert any("critique/refine_accuracy" in l for l in lines)
+
+
+def test_same_seed_same_metrics(tmp_path, tok, warm_model, easy_rows):
+    runs = []
+    for name in ("a", "b"):
+        torch.manual_seed(0)
+        args = make_args(tmp_path / name)
+        hist = gcrl.train(copy.deepcopy(warm_model), tok, easy_rows, easy_rows, args, log=lambda *a: None)
+        runs.append([{k: v for k, v in m.items() if not k.startswith("time/") and k != "tokens_per_second"}
+                     for m in hist])
+    assert runs[0] == runs[1]

@@ -1,0 +1,86 @@
+"""Write the tiny arithmetic data sets used by the CPU demo and the tests.
+
+    python tiny_tasks/make_tasks.py            # rewrites the three .jsonl files here
+
+Each line is {"question": "47+38", "answer": "85"}, the same format a real math data set
+uses with gcrl.py (--dataset / --eval_dataset), so both go through one loader.
+Questions are a+b or a-b with a, b two-digit numbers (10..99): 16,200 distinct questions,
+shuffled with a fixed seed and cut into three disjoint splits:
+  arith_coldstart.jsonl  1,000   supervised warm-up of the tiny model (the paper's cold start)
+  arith_train.jsonl      4,000   RL questions
+  arith_test.jsonl         500   held-out evaluation
+Cold-start lines also carry a worked "solution" (one column at a time, so a 0.6 M-parameter
+model can learn it) and a "wrong_solution" with one typical slip, for the critique warm-up:
+  47+38  ->  7+8=15,4+3+1=8,\\boxed{85}
+  71-38  ->  11-8=3,7-3-1=3,\\boxed{33}
+  58-78  ->  -(78-58):8-8=0,7-5-0=2,\\boxed{-20}
+"""
+import json
+import os
+import random
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SPLITS = [("arith_coldstart.jsonl", 1000), ("arith_train.jsonl", 4000), ("arith_test.jsonl", 500)]
+
+
+def worked_solution(a, op, b, slip=None):
+    """Column-wise steps for a op b; `slip` injects one mistake: 'carry' (drop the carry or
+    borrow), 'fact' (a one-digit fact off by one) or 'copy' (final answer copied wrong)."""
+    prefix, sign = "", 1
+    if op == "-" and a < b:  # a-b = -(b-a), so every subtraction below has a >= b
+        prefix, sign, a, b = f"-({b}-{a}):", -1, b, a
+    a1, a0, b1, b0 = a // 10, a % 10, b // 10, b % 10
+    if op == "+":
+        ones = a0 + b0
+        carry = ones // 10
+        ones_step, ones_digit = f"{a0}+{b0}={ones}", ones % 10
+        if slip == "carry":
+            carry = 0
+        tens = a1 + b1 + carry
+        tens_step = f"{a1}+{b1}+{carry}={tens}"
+    else:
+        borrow = int(a0 < b0)
+        top = a0 + 10 * borrow
+        ones_digit = top - b0
+        ones_step = f"{top}-{b0}={ones_digit}"
+        if slip == "carry":
+            borrow = 0
+        tens = a1 - b1 - borrow
+        tens_step = f"{a1}-{b1}-{borrow}={tens}"
+    if slip == "fact":
+        tens += 1 if tens < 9 else -1
+        tens_step = tens_step.rsplit("=", 1)[0] + f"={tens}"
+    answer = sign * (tens * 10 + ones_digit)
+    if slip == "copy":
+        answer += random.choice([-10, -1, 1, 10])
+    return f"{prefix}{ones_step},{tens_step},\\boxed{{{answer}}}", answer
+
+
+def all_questions():
+    return [(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in "+-"]
+
+
+def main(seed=1234):
+    rng = random.Random(seed)
+    random.seed(seed)  # for the 'copy' slip
+    rows = all_questions()
+    rng.shuffle(rows)
+    start = 0
+    for name, size in SPLITS:
+        with open(os.path.join(HERE, name), "w") as f:
+            for a, op, b in rows[start:start + size]:
+                solution, answer = worked_solution(a, op, b)
+                assert answer == (a + b if op == "+" else a - b)
+                row = {"question": f"{a}{op}{b}", "answer": str(answer)}
+                if name == "arith_coldstart.jsonl":
+                    wrong, wrong_answer = solution, answer
+                    while wrong_answer == answer:  # a slip that changes nothing is not a slip
+                        wrong, wrong_answer = worked_solution(a, op, b, rng.choice(["carry", "fact", "copy"]))
+                    row.update(solution=solution, wrong_solution=wrong)
+                f.write(json.dumps(row) + "\n")
+        start += size
+        print(f"wrote {size:5d} lines to tiny_tasks/{name}")
+
+
+if __name__ == "__main__":
+    main()
