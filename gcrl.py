@@ -20,14 +20,17 @@ The file follows one training step, top to bottom:
   -> 11 evaluation -> 12 training loop -> 13 main
 """
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import os
 import random
 import re
 import shutil
+import signal
 import string
-import sys
+import threading
 import time
 from fractions import Fraction
 
@@ -231,47 +234,363 @@ def load_model(args):
 
 
 # ============================================================================ 2. Verifier (Eq. 1)
+# The reward is r = 1[answer(response) == gold]. Model text is untrusted, so it is NEVER evaluated:
+# a small whitelist parser builds sympy objects directly, and whatever could make sympy blow up is
+# refused before sympy sees it: <=200 chars, <=100 tokens, nesting <=20, no power whose value could
+# exceed ~1000 digits, lcm(root indices) * digits(radicands) <= 300 (sympy factors radicands), and
+# expand() only when the result provably has <=100 terms. With these guards one call took at most
+# ~0.15 s in any thread over ~250k fuzzed inputs (a 2 MB response: ~0.1 s). A 1 s wall-clock budget
+# is also checked between stages and, in the main thread with no timer armed, enforced by SIGALRM.
+# Unsupported, so compared as normalised case-insensitive strings only: sets \{1,2\}, intervals
+# (0,1], tuples, matrices, units (5\text{ cm}), inequalities, \pm, factorials, functions (\sin),
+# multi-letter words. Deviation from LaTeX: 2^10 means 2^{10} (what the model meant), not 2^1 0.
+
+
+_ANS_MAX_CHARS, _ANS_MAX_TOKENS, _ANS_MAX_DEPTH = 200, 100, 20
+_ANS_MAX_DIGITS, _ANS_MAX_RADICAL, _ANS_MAX_TERMS = 1000, 300, 100  # see the bounds above
+_VERIFY_BUDGET_S = 1.0
+_EVALF_DIGITS, _EVALF_REL_TOL = 30, 1e-20  # the tolerance only absorbs evalf rounding, so
+                                           # a decimal such as 3.14159265359 is NOT \pi
+
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_LATEX_ESCAPE_RE = re.compile(r"\\.", re.S)  # \{ \} \\ are escapes, not braces
+_BRACE_DELTA = {"{": 1, "}": -1}
+
+
 def extract_boxed(text):
-    """Content of the last \\boxed{...}, braces balanced; None if absent or unclosed.
+    """Content of the last \\boxed{...} (or \\fbox{...}), brace-balanced; None if absent/unclosed.
 
-    >>> extract_boxed("so \\\\boxed{\\\\frac{1}{2}} and \\\\boxed{8}")
-    '8'
+    >>> extract_boxed(r"first \\boxed{1}, then \\boxed{\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    >>> extract_boxed(r"\\boxed{1} \\boxed{2") is None   # the last box is unfinished
+    True
     """
-    start = text.rfind("\\boxed{")
-    if start < 0:
+    last = None
+    for last in _BOXED_RE.finditer(text):  # one linear pass; keep only the last match
+        pass
+    if last is None:
         return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
+    start, depth = last.end(), 1
+    body = _LATEX_ESCAPE_RE.sub("__", text[start:])  # same length, escapes neutralised
+    for lo in range(0, len(body), 4096):  # brace depth as C-level prefix sums, chunk by chunk
+        deltas = map(_BRACE_DELTA.get, body[lo:lo + 4096], itertools.repeat(0))
+        run = list(itertools.accumulate(deltas, initial=depth))
+        if 0 in run:
+            return text[start:start + lo + run.index(0) - 1]
+        depth = run[-1]
     return None
 
 
-def _as_fraction(s):
-    s = s.strip().replace(",", "").replace(" ", "")
-    if re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", s):
-        return Fraction(s)
-    return None
+# Normalisation: linear-time regexes shared by the math and the string paths.
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")  # NUL and other control chars become spaces
+_LATEX_UNWRAP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox"
+                              r"|operatorname)\s*\{([^{}]*)\}")
+_LATEX_DROP_RE = re.compile(r"\\(?:left|right|displaystyle|q?quad)(?![A-Za-z])|\\[,;:! ]"
+                            r"|\^\s*(?:\{\s*\\circ\s*\}|\\circ)|\\circ|\u00b0|\\?%|\\?\$")
+_THOUSANDS_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")  # 7,425,000 but not 1,2
+_ANS_VAR_RE = re.compile(r"[A-Za-z]\s*=")
+_PLAIN_NUMBER_RE = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+
+
+def _normalize_answer(s):
+    s = _CONTROL_CHARS_RE.sub(" ", s).replace("\u2212", "-").replace("{,}", ",")
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    for _ in range(3):  # \text{\textbf{x}} needs two passes; a fixed count keeps it linear
+        s = _LATEX_UNWRAP_RE.sub(r"\1", s)
+    s = _LATEX_DROP_RE.sub("", s)
+    s = _THOUSANDS_RE.sub(lambda m: m.group().replace(",", ""), s).strip()
+    m = _ANS_VAR_RE.match(s)
+    return s[m.end():].strip() if m and s.count("=") == 1 else s  # "x = 5" -> "5"
+
+
+# Tokenizer + recursive-descent parser over a whitelist of tokens.
+_ANS_TOKEN_RE = re.compile(r"\s*(\d+\.?\d*|\.\d+|\\[A-Za-z]+|[A-Za-z]+|\*\*|[-+*/^(){}\[\]])")
+_LATEX_CMDS = {"\\frac": "frac", "\\sqrt": "sqrt", "\\pi": "pi", "\\infty": "oo",
+               "\\cdot": "*", "\\times": "*", "\\div": "/"}
+_BRACKET_CLOSE = {"(": ")", "{": "}", "[": "]"}
+_IMPLICIT_MUL = {"(", "{", "[", "frac", "sqrt", "pi", "oo"}  # may follow a factor: 2x, 3\pi, (a)(b)
+
+
+def _tokenize_answer(s):
+    toks, pos, s = [], 0, s.rstrip()
+    while pos < len(s):
+        m = _ANS_TOKEN_RE.match(s, pos)
+        if m is None or len(toks) >= _ANS_MAX_TOKENS:
+            raise ValueError("not a whitelisted token, or too many tokens")
+        t, pos = m.group(1), m.end()
+        if (t[0] == "\\" and t not in _LATEX_CMDS) or (t[0].isalpha() and len(t) > 1):
+            raise ValueError("unknown command, or a word rather than a single-letter symbol")
+        toks.append(_LATEX_CMDS.get(t, "^" if t == "**" else t))
+    return toks
+
+
+def _digits_bound(e):  # rough log10 of the largest integer sympy could build from e
+    if e.is_Rational:
+        return math.log10(max(abs(e.p), e.q, 2))
+    if e.is_Pow and e.exp.is_Rational:
+        return _digits_bound(e.base) * abs(float(e.exp))
+    return sum(_digits_bound(a) for a in e.args) + 1.0  # Add/Mul; atoms (x, pi, oo) count as 1
+
+
+def _safe_pow(base, e):
+    if not e.is_Rational or abs(e.p) > 10**6 or e.q > 100:
+        raise ValueError("exponent must be a small rational")  # also stops 9^9^9^9 towers
+    if _digits_bound(base) * abs(float(e)) > _ANS_MAX_DIGITS:
+        raise ValueError("power too large")  # estimated with log10, before computing it
+    if base == 0 and e < 0:
+        raise ZeroDivisionError
+    return base ** e
+
+
+def _safe_div(a, b):
+    if b == 0:
+        raise ZeroDivisionError  # 1/0, 0/0: never equal to anything (not even to "1/0")
+    return a / b
+
+
+def _parse_answer(s):
+    """LaTeX/ASCII answer -> sympy expr; ValueError if it is not (supported) math."""
+    toks, i, rad_lcm, rad_digits = _tokenize_answer(s), 0, 1, 0.0
+
+    def peek():
+        return toks[i] if i < len(toks) else None
+
+    def take(expected=None):
+        nonlocal i
+        t = peek()
+        if t is None or (expected is not None and t != expected):
+            raise ValueError("unexpected token")
+        i += 1
+        return t
+
+    def radical(x, q):  # x^(1/q): sympy factors x, and merges a^(1/5)*a^(1/7) into a^(12/35),
+        nonlocal rad_lcm, rad_digits  # so the integers it factors stay below this product
+        inner = math.lcm(1, *(p.exp.q for p in x.atoms(sympy.Pow) if p.exp.is_Rational))
+        rad_lcm, rad_digits = math.lcm(rad_lcm, q * inner), rad_digits + _digits_bound(x)
+        if rad_lcm * rad_digits > _ANS_MAX_RADICAL:
+            raise ValueError("radicals too large")
+
+    def expr(depth):  # expr := term (('+'|'-') term)*
+        val = term(depth)
+        while peek() in ("+", "-"):
+            val = val + term(depth) if take() == "+" else val - term(depth)
+        return val
+
+    def term(depth):  # term := unary (('*'|'/') unary | implicitly multiplied power)*
+        val = unary(depth)
+        while True:
+            t = peek()
+            if t in ("*", "/"):
+                take()
+                val = val * unary(depth) if t == "*" else _safe_div(val, unary(depth))
+            elif t is not None and (t in _IMPLICIT_MUL or (len(t) == 1 and t.isalpha())):
+                val = val * power(depth)  # 2x, 2\sqrt{2}; but never "2 3": numbers don't chain
+            else:
+                return val
+
+    def unary(depth):  # unary := ('+'|'-') unary | power
+        if depth > _ANS_MAX_DEPTH:
+            raise ValueError("nesting too deep")
+        if peek() in ("+", "-"):
+            return -unary(depth + 1) if take() == "-" else unary(depth + 1)
+        return power(depth)
+
+    def power(depth):  # power := atom ['^' unary]   (right-associative: 2^3^2 = 2^9)
+        base = atom(depth)
+        if peek() != "^":
+            return base
+        take()
+        e = unary(depth + 1)
+        if e.is_Rational and not e.is_Integer:
+            radical(base, e.q)
+        return _safe_pow(base, e)
+
+    def arg(depth):  # argument of \frac / \sqrt: {group} or a single char, so \frac34 = 3/4
+        t = peek()
+        if t is not None and t[0].isdigit() and len(t) > 1:
+            toks[i] = t[1:]
+            return sympy.Integer(int(t[0]))
+        return atom(depth + 1)
+
+    def atom(depth):
+        t = take()
+        if t in _BRACKET_CLOSE:
+            val = expr(depth + 1)
+            take(_BRACKET_CLOSE[t])
+            return val
+        if t == "frac":
+            num = arg(depth)
+            return _safe_div(num, arg(depth))
+        if t == "sqrt":
+            n = sympy.Integer(2)
+            if peek() == "[":
+                take()
+                n = expr(depth + 1)
+                take("]")
+                if not (n.is_Integer and 2 <= n <= 100):
+                    raise ValueError("bad root index")
+            x = arg(depth)
+            radical(x, int(n))
+            if n % 2 == 1 and x.is_negative:  # \sqrt[3]{-8} = -2, not sympy's complex root
+                return -sympy.root(-x, n)
+            return sympy.root(x, n)
+        if t in ("pi", "oo"):
+            return sympy.pi if t == "pi" else sympy.oo
+        if t[0].isdigit() or t[0] == ".":
+            f = Fraction(t + "0" if t.endswith(".") else t)  # exact: 0.1 is 1/10, not a float
+            return sympy.Rational(f.numerator, f.denominator)
+        if len(t) == 1 and t.isalpha():
+            return sympy.Symbol(t, real=True)  # real: keeps sympy out of re/im case splits
+        raise ValueError("unexpected token")
+
+    val = expr(0)
+    if i != len(toks):
+        raise ValueError("trailing tokens")
+    return val
+
+
+def _try_parse_answer(s):  # sympy expr, or None if s is not supported math
+    if len(s) > _ANS_MAX_CHARS:
+        return None
+    try:
+        return _parse_answer(s)
+    except ZeroDivisionError:
+        raise  # 1/0 is not "not math": the caller returns False outright
+    except Exception:
+        return None
+
+
+# Equality: structural, then expand() when provably small, then numeric at 3 fixed points.
+_points_rng = random.Random(1234)  # per point: a nonzero rational in [-6, 6] for each of 52 letters
+_EVAL_POINTS = [[sympy.Rational(_points_rng.choice((-1, 1)) * _points_rng.randint(1, 3000),
+                                _points_rng.randint(500, 1000)) for _ in range(52)]
+                for _ in range(3)]
+_UNDEFINED = (sympy.zoo, sympy.nan)
+
+
+def _expand_terms_bound(e, n=1):  # upper bound on the number of terms of expand(e**n), capped
+    t, cap = 1, _ANS_MAX_TERMS + 1
+    if e.is_Pow and e.exp.is_Rational:  # (x+1)^(7/2) expands like (x+1)^4 at worst
+        return _expand_terms_bound(e.base, math.ceil(abs(e.exp) * n))
+    if e.is_Add:  # multinomial count, times what each term can expand into
+        t = math.comb(n + len(e.args) - 1, len(e.args) - 1)
+    if e.is_Add or e.is_Mul:
+        for a in e.args:
+            t = min(cap, t * _expand_terms_bound(a, n))
+    return min(cap, t)
+
+
+def _check_deadline(deadline):
+    if time.monotonic() > deadline:
+        raise TimeoutError
+
+
+def _sympy_equal(a, b, deadline):
+    if a.has(*_UNDEFINED) or b.has(*_UNDEFINED):
+        return False
+    if a == b:
+        return True
+    if a.has(sympy.oo, -sympy.oo) or b.has(sympy.oo, -sympy.oo):
+        return False  # an infinity only equals itself (checked just above)
+    if a.is_Rational and b.is_Rational:
+        return False
+    syms = sorted(a.free_symbols | b.free_symbols, key=str)
+    exact = all(p.exp.is_Integer for p in (a - b).atoms(sympy.Pow))  # no roots: a rational function
+    if _expand_terms_bound(a) + _expand_terms_bound(b) <= _ANS_MAX_TERMS:
+        d = sympy.expand(a - b)
+        if d == 0:
+            return True
+        if exact and not d.has(sympy.pi) and d.is_polynomial(*syms):
+            return False  # a polynomial with rational coefficients is 0 iff expand() says so
+        _check_deadline(deadline)
+    # Rational functions are substituted exactly (so x^300 vs x^300+1 differ); anything with a
+    # root is evaluated numerically with evalf(subs=), which never builds (and factors) radicals.
+    for point in _EVAL_POINTS if syms else _EVAL_POINTS[:1]:
+        _check_deadline(deadline)
+        sub = dict(zip(syms, point))
+        va, vb = (a.xreplace(sub), b.xreplace(sub)) if exact else (a, b)
+        if va.is_Rational and vb.is_Rational:
+            if va != vb:
+                return False
+            continue
+        na, nb = va.evalf(_EVALF_DIGITS, subs=sub), vb.evalf(_EVALF_DIGITS, subs=sub)
+        if na.has(*_UNDEFINED) or nb.has(*_UNDEFINED):
+            return False  # hit a pole: not comparable
+        scale = sympy.Max(sympy.Abs(na), sympy.Abs(nb), 1)
+        if not bool(sympy.Abs(na - nb) <= _EVALF_REL_TOL * scale):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _sigalrm_limit(seconds):  # hard limit; a no-op off the main thread or if a timer is armed
+    if (threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "setitimer") or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, old)
+
+
+def _answers_equal(a, b, deadline):
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    if max(len(a), len(b)) > 50 * _ANS_MAX_CHARS:  # giant answers: exact string match only
+        return a.strip() == b.strip()
+    a, b = _normalize_answer(a), _normalize_answer(b)
+    if not a or not b:
+        return False
+    plain = max(len(a), len(b)) <= _ANS_MAX_CHARS and _PLAIN_NUMBER_RE.fullmatch(a)
+    if plain and _PLAIN_NUMBER_RE.fullmatch(b):
+        return Fraction(a) == Fraction(b)  # fast path: two plain numbers, compared exactly
+    ea, eb = _try_parse_answer(a), _try_parse_answer(b)  # a ZeroDivisionError propagates -> False
+    if re.sub(r"\s+", "", a).lower() == re.sub(r"\s+", "", b).lower():
+        return True  # same string up to spaces and case: (A) vs (a), \text{Yes} vs yes
+    if ea is None or eb is None:
+        return False  # at least one side is not supported math, and the strings differ
+    _check_deadline(deadline)
+    return _sympy_equal(ea, eb, deadline)
 
 
 def answers_equal(a, b):
-    """Are two bare answers the same number? (Hardened in section 2 by issue 3.)"""
-    fa, fb = _as_fraction(a), _as_fraction(b)
-    if fa is not None and fb is not None:
-        return fa == fb
-    return a.strip() == b.strip()
+    """True iff two bare answers are mathematically equal (as strings if not math). Never raises.
+
+    >>> answers_equal(r"\\frac{-1}{2}", "-0.5"), answers_equal("(x-1)(x+1)", "x^2-1")
+    (True, True)
+    >>> answers_equal(r"\\sqrt{8}", r"3\\sqrt2"), answers_equal("1/0", "1/0")
+    (False, False)
+    """
+    try:
+        with _sigalrm_limit(_VERIFY_BUDGET_S):
+            return bool(_answers_equal(a, b, time.monotonic() + _VERIFY_BUDGET_S))
+    except Exception:  # timeout, division by zero, anything unexpected: not equal
+        return False
 
 
 def verify(response, gold):
-    """Eq. 1: R(r) = 1 if the last boxed answer of the response equals the gold answer.
+    """Eq. 1 reward: True iff the last \\boxed{} answer in response equals gold. Never raises.
 
-    >>> verify("47+38 ... \\\\boxed{85}", "85"), verify("\\\\boxed{84}", "85"), verify("85", "85")
-    (True, False, False)
+    >>> verify(r"so the answer is \\boxed{\\frac{3}{4}}.", "0.75")
+    True
+    >>> verify(r"\\boxed{1}, no wait, \\boxed{2}", "1"), verify("no box: 1", "1")
+    (False, False)
     """
     try:
-        answer = extract_boxed(response)
-        return answer is not None and bool(answers_equal(answer, gold))
+        pred = extract_boxed(response)
+        if pred is not None and ("\\boxed" in gold or "\\fbox" in gold):
+            gold = extract_boxed(gold)  # tolerate a boxed gold answer
+        return pred is not None and gold is not None and answers_equal(pred, gold)
     except Exception:
         return False
 

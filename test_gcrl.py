@@ -2,15 +2,19 @@
 
     pytest -q test_gcrl.py
 """
+import builtins
 import copy
 import json
 import math
 import random
+import threading
+import time
 
 import pytest
 import torch
 
 import gcrl
+from gcrl import answers_equal, extract_boxed, verify
 
 torch.set_num_threads(1)
 
@@ -126,6 +130,148 @@ def test_verify_basic(response, gold, expected):
 def test_extract_boxed_balances_braces():
     assert gcrl.extract_boxed("x \\boxed{\\frac{1}{2}} y") == "\\frac{1}{2}"
     assert gcrl.extract_boxed("no box") is None
+
+
+EQUAL = [  # (a, b): must be equal, in both orders
+    ("85", "85"), ("85.0", "85"), ("85.", "85"), (".5", "0.5"), (".5", r"\frac12"), ("-3", "-3.0"),
+    ("7,425,000", "7425000"), ("7{,}425", "7425"), (r"1\,000", "1000"),
+    (r"\frac{3}{4}", "0.75"), (r"\dfrac{3}{4}", "3/4"), (r"\tfrac34", r"\frac{3}{4}"),
+    (r"\frac{-1}{2}", r"-\frac12"), ("-0.5", r"\frac{-1}{2}"),
+    (r"\sqrt{8}", r"2\sqrt{2}"), (r"\sqrt3", r"\sqrt{3}"), (r"\sqrt[3]{8}", "2"),
+    (r"\sqrt[3]{-8}", "-2"),
+    (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt2}{2}"), (r"\sqrt{5+2\sqrt{6}}", r"\sqrt2+\sqrt3"),
+    (r"\frac{1}{\sqrt{3}-1}", r"\frac{\sqrt{3}+1}{2}"),
+    (r"2\pi", r"\pi*2"), (r"3\pi", r"3 \times \pi"), (r"\frac{\pi}{2}", r"\pi/2"),
+    ("2^{10}", "1024"), ("2^10", "1024"), ("2**10", "1024"), ("x^{2}", "x^2"), ("2^{-1}", "0.5"),
+    ("2x", r"x \cdot 2"), ("(x-1)(x+1)", "x^2-1"), (r"\frac{x^2-1}{x-1}", "x+1"),
+    ("x = 5", "5"), ("y=2x+1", "1+2x"), (r"6 \div 3", "2"), (r"50\%", "50"),
+    (r"30^\circ", "30"), (r"30^{\circ}", "30"), ("$\\frac{1}{2}$", "0.5"),
+    (r"\left( \frac{1}{2} \right)", "1/2"), ("{{5}}", "5"), (r"\!5", "5"), (r"\infty", r"\infty"),
+    (r"\text{(A)}", "(A)"), (r"\textbf{Yes}", "yes"), (r"\mathrm{e}", "e"),
+    (r"5\text{cm}", r"5\text{ cm}"), (r"\{1,2\}", r"\{1, 2\}"),
+]
+
+NOT_EQUAL = [
+    ("85", "86"), ("0.5", r"\frac13"), ("0.333333", r"\frac13"), ("1,2", "12"), ("1,2", "1.2"),
+    (r"\frac{3}{4}", r"\frac{4}{3}"), (r"\sqrt{8}", r"3\sqrt{2}"), (r"\sqrt[3]{8}", "3"),
+    (r"2\pi", "6.28318530718"), ("3.14159265358979", r"\pi"), ("e", "2.718281828"),
+    ("x^2", "2x"), ("(x-1)(x+1)", "x^2+1"), ("x^{300}", "x^{300}+1"), ("x = 5", "6"),
+    ("2^{10}", "1000"),
+    (r"5\text{ cm}", "5"), (r"\{1,2\}", r"\{2,1\}"), ("(0,1]", "[0,1]"), (r"\pm 2", "2"),
+    ("x<3", "3"), ("yes", "no"), ("yes", "sey"), (r"-\infty", r"\infty"), (r"\infty", "10^{999}"),
+    ("1/0", "1/0"), ("0/0", "0/0"), (r"\frac{1}{0}", r"\infty"), ("0^{-1}", "0^{-1}"), ("", ""),
+]
+
+
+@pytest.mark.parametrize("a,b", EQUAL)
+def test_equal(a, b):
+    assert answers_equal(a, b) is True and answers_equal(b, a) is True
+
+
+@pytest.mark.parametrize("a,b", NOT_EQUAL)
+def test_not_equal(a, b):
+    assert answers_equal(a, b) is False and answers_equal(b, a) is False
+
+
+@pytest.mark.parametrize("response,gold,expected", [
+    (r"so the answer is \boxed{\frac{3}{4}}.", "0.75", True),
+    (r"so the answer is \boxed{\frac{3}{4}}.", r"\frac{3}{4}", True),
+    (r"\boxed{1} then, correcting myself, \boxed{2}", "2", True),  # the last box wins
+    (r"\boxed{1} then, correcting myself, \boxed{2}", "1", False),
+    ("no box here, the answer is 5", "5", False),
+    (r"\boxed{5} and then \boxed{6", "5", False),  # last box unclosed: answer unfinished
+    (r"\boxed {5}", "5", True), (r"\fbox{5}", "5", True), (r"$\boxed{7,425,000}$", "7425000", True),
+    (r"\boxed{x = 5}", "5", True), (r"\boxed{5}", r"\boxed{5}", True),
+    (r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{\sqrt2}{2}", True), (r"\boxed{}", "", False),
+    (None, "5", False), (r"\boxed{5}", None, False), (r"\boxed{5}", 5, False),
+])
+def test_verify(response, gold, expected):
+    result = verify(response, gold)
+    assert isinstance(result, bool) and result is expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"), (r"a \boxed{1} b \boxed{{2}} c", "{2}"),
+    (r"\boxed{\{1,2\}}", r"\{1,2\}"), (r"\boxed{a\}b}", r"a\}b"), (r"\boxed{1} \boxed{2", None),
+    ("nothing", None), (r"\boxed {3}", "3"), (r"\fbox{4}", "4"), (r"\boxed{\boxed{5}}", "5"),
+])
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+HOSTILE = [  # (response, gold): each must give False, fast, without raising
+    (r"\boxed{9^9^9^9}", "1"), (r"\boxed{9**9**9**9}", "1"), (r"\boxed{10^{10^{10^{10}}}}", "1"),
+    (r"\boxed{2^{2^{2^{2^{2}}}}}", "1"), (r"\boxed{1000000!}", "1"), (r"\boxed{10^{1001}}", "0"),
+    (r"\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "2"),
+    (r"\boxed{" + "-" * 50 + "1}", "1"), (r"\boxed{" + r"\sqrt{" * 30 + "2" + "}" * 30 + "}", "2"),
+    (r"\boxed{" + "1+" * 1_000_000 + "1}", "1000001"),  # a 2 MB response
+    (r"\boxed{" + "{" * 1_000_000 + "}" * 1_000_000 + "}", "1"),
+    ("x" * 2_000_000 + r"\boxed{2}", "1"),
+    (r"\boxed{" * 200_000, "1"),  # unterminated, repeated
+    ("\\boxed{\x00\x01\x02\x7f}", "1"), ("\x00" * 1000, "1"),
+    (r"\boxed{1/0}", "1/0"), (r"\boxed{0/0}", "0/0"), (r"\boxed{\frac{1}{0}}", r"\infty"),
+    (r"\boxed{\frac{1}{x-x}}", "1"),
+    (r"\boxed{\sqrt{10^{999}+1}\sqrt{10^{999}+3}}", "1"),  # sympy would factor 2000-digit numbers
+    (r"\boxed{\sqrt[97]{10^{50}+1}}", "1"),
+    (r"\boxed{\sqrt[5]{12}\sqrt[7]{12}\sqrt[8]{12}\sqrt[9]{12}\sqrt[11]{12}}", "1"),
+    (r"\boxed{(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}}", "(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}+1"),
+    (r"\boxed{(z+\sqrt{\pi+7})^{50}}", "(z+\\sqrt{\\pi+7})^{49}"),
+    (r"\boxed{\sqrt[3]{\frac{12345678901234567}{12-\pi^{3}-999z b^{50}}}}", "10"),
+]
+
+
+def _run_hostile(response, gold):
+    t = time.perf_counter()
+    result = verify(response, gold)
+    return result, time.perf_counter() - t
+
+
+@pytest.mark.parametrize("response,gold", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile(response, gold):
+    result, elapsed = _run_hostile(response, gold)
+    assert isinstance(result, bool) and result is False
+    assert elapsed < 5.0
+
+
+def test_hostile_off_main_thread():  # signal.alarm is unavailable here: the guards must suffice
+    picks = [HOSTILE[i] for i in (0, 1, 2, 4, 6, 19, 20, 21, 24)]
+    out = []
+    worker = threading.Thread(target=lambda: out.extend(_run_hostile(r, g) for r, g in picks))
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and len(out) == len(picks)
+    assert all(result is False and elapsed < 5.0 for result, elapsed in out)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(verify(r"\boxed{\frac{6}{8}}", "0.75")))
+    worker.start()
+    worker.join(timeout=20)
+    assert done == [True]
+
+
+def test_model_text_is_never_executed(tmp_path, monkeypatch):
+    pwned = tmp_path / "pwned"
+    attacks = [
+        rf"\boxed{{__import__('os').system('touch {pwned}')}}",
+        rf"\boxed{{open('{pwned}', 'w').write('x')}}",
+        r"\boxed{().__class__.__bases__[0].__subclasses__()}",
+        r"\boxed{eval('1+1')}", r"\boxed{exec('x=1')}", r"\boxed{lambda: 0}",
+        r"\boxed{x.__class__}",
+    ]
+    good = [(r"\boxed{\frac{3}{4}}", "0.75", True), (r"\boxed{(x-1)(x+1)}", "x^2-1", True),
+            (r"\boxed{\sqrt{8}}", r"2\sqrt2", True), (r"\boxed{\sqrt{x}}", r"\sqrt{x}+1", False),
+            (r"\boxed{\frac{1}{\sqrt3-1}}", r"\frac{\sqrt3+1}{2}", True)]
+    cases = [(a, "2", False) for a in attacks] + good + [(r, g, False) for r, g in HOSTILE[:6]]
+    for r, g, want in cases:  # warm-up: sympy imports some modules lazily (import uses exec)
+        assert verify(r, g) is want
+
+    def _forbidden(*args, **kwargs):
+        raise AssertionError("eval/exec reached")
+
+    monkeypatch.setattr(builtins, "eval", _forbidden)
+    monkeypatch.setattr(builtins, "exec", _forbidden)
+    for r, g, want in cases + [(r"\boxed{\sqrt[3]{16}}", r"2\sqrt[3]{2}", True)]:
+        assert verify(r, g) is want
+    assert not pwned.exists()
 
 
 # ---------------------------------------------------------------------------- 3. prompts
