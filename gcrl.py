@@ -63,12 +63,12 @@ def parse_args(argv=None):
       "question+answer: synthetic solve/critique/refine examples (tiny tasks); lines with "
       "question+response+critique: critique examples (as the paper distils for base models). "
       "Default: tiny_tasks/arith_coldstart.jsonl for the tiny model, none for --model.")
-    a("--cold_start_steps", type=int, default=300, help="SFT steps of the warm-up (0 = skip)")
-    a("--cold_start_lr", type=float, default=1e-3, help="SFT learning rate")
+    a("--cold_start_steps", type=int, default=800, help="SFT steps of the warm-up (0 = skip)")
+    a("--cold_start_lr", type=float, default=3e-3, help="SFT learning rate")
     a("--tiny_hidden_size", type=int, default=128, help="tiny model width")
     a("--tiny_num_layers", type=int, default=4, help="tiny model depth")
     # rollout
-    a("--max_steps", type=int, default=100, help="RL steps")
+    a("--max_steps", type=int, default=40, help="RL steps")
     a("--train_batch_size", type=int, default=16, help="questions per step (verl's data.train_batch_size)")
     a("--num_generations", type=int, default=8, help="n: responses per question (first-order rollout)")
     a("--num_critiques", type=int, default=None, help="m: critiques per cached pair (second-order "
@@ -109,7 +109,7 @@ def parse_args(argv=None):
     a("--learning_rate", type=float, default=None, help="AdamW lr (default: 3e-5 tiny, 1e-6 real, as the paper)")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping")
     # bookkeeping
-    a("--eval_steps", type=int, default=25, help="evaluate every this many steps (0 = only at start and end)")
+    a("--eval_steps", type=int, default=20, help="evaluate every this many steps (0 = only at start and end)")
     a("--save_steps", type=int, default=0, help="write output_dir/checkpoint-STEP every this many steps (0 = off)")
     a("--output_dir", default=os.path.join("runs", "gcrl"), help="metrics.jsonl, checkpoints, final model")
     a("--seed", type=int, default=0, help="seeds python and torch")
@@ -1067,6 +1067,23 @@ def sft(model, tokenizer, examples, steps, lr, batch_size, rng, desc="cold start
     return loss.item() if steps else float("nan")
 
 
+def cold_start(model, tokenizer, examples, steps, lr, rng, batch_size=64):
+    """Solving first, then all formats: 3/4 of the steps on solve examples, the rest on everything.
+
+    The critique and the refinement re-use the solution's worked steps, so a model that can solve
+    picks the other formats up in few steps. Measured on the tiny model (2 threads): 600 steps on
+    solving alone reach 61 % greedy accuracy in 75 s, while 800 steps on the full mix reach 7 %
+    (the critique and refine prompts are 3-8x longer, so each step costs more too).
+    """
+    solve = [e for e in examples if e[0].endswith(SOLVE_INSTRUCTION)]
+    first = steps * 3 // 4 if solve and len(solve) < len(examples) else 0
+    if first:
+        sft(model, tokenizer, solve, first, lr, batch_size, rng, desc="cold start (solve)")
+    # a gentler second phase: at full lr it overwrote the arithmetic (measured: 2 % accuracy); at
+    # lr/10 for 1/7 of the steps the verdict format was not learned (0 % critique accuracy)
+    return sft(model, tokenizer, examples, steps - first, lr / 3, batch_size, rng, desc="cold start (all formats)")
+
+
 # ============================================================================ 11. Evaluation
 def evaluate(model, tokenizer, eval_rows, critique_set, questions, args):
     """Greedy generation accuracy on held-out questions, and critique accuracy on a 1:1 balanced
@@ -1272,7 +1289,7 @@ def main(argv=None):
     if args.cold_start and args.cold_start_steps > 0:
         examples = cold_start_examples(args.cold_start, random.Random(args.seed))
         t = time.time()
-        loss = sft(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, 64, random.Random(args.seed))
+        loss = cold_start(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, random.Random(args.seed))
         print(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, "
               f"final loss {loss:.3f}, {time.time() - t:.0f} s")
     history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write)
