@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import string
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -65,6 +66,10 @@ def parse_args(argv=None):
       "Default: tiny_tasks/arith_coldstart.jsonl for the tiny model, none for --model.")
     a("--cold_start_steps", type=int, default=800, help="SFT steps of the warm-up (0 = skip)")
     a("--cold_start_lr", type=float, default=3e-3, help="SFT learning rate")
+    a("--chat_template", default="auto", choices=["auto", "on", "off"],
+      help="wrap prompts with the tokenizer's chat template. auto = on only when the tokenizer has one "
+      "AND the model name says Instruct/Chat (Qwen2.5 base tokenizers ship a template too)")
+    a("--gradient_checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     a("--tiny_hidden_size", type=int, default=128, help="tiny model width")
     a("--tiny_num_layers", type=int, default=4, help="tiny model depth")
     # rollout
@@ -111,11 +116,16 @@ def parse_args(argv=None):
     # bookkeeping
     a("--eval_steps", type=int, default=20, help="evaluate every this many steps (0 = only at start and end)")
     a("--save_steps", type=int, default=0, help="write output_dir/checkpoint-STEP every this many steps (0 = off)")
+    a("--resume", nargs="?", const="latest", default=None,
+      help="continue from a checkpoint: a checkpoint-STEP path, or alone for the latest in --output_dir")
+    a("--max_nonfinite_steps", type=int, default=3,
+      help="stop (after saving a checkpoint) when this many steps in a row had a non-finite loss or gradient")
     a("--output_dir", default=os.path.join("runs", "gcrl"), help="metrics.jsonl, checkpoints, final model")
     a("--seed", type=int, default=0, help="seeds python and torch")
     a("--device", default=None, help="cuda when available, else cpu")
     a("--num_threads", type=int, default=None, help="torch CPU threads (default: all cores, at most 8)")
     args = p.parse_args(argv)
+    check_args(p, args, argv if argv is not None else sys.argv[1:])
     tiny = args.model is None
     if args.num_critiques is None:
         args.num_critiques = args.num_generations
@@ -133,7 +143,38 @@ def parse_args(argv=None):
         args.cold_start = os.path.join(HERE, "tiny_tasks", "arith_coldstart.jsonl")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.chat = False  # decided once the tokenizer is loaded (use_chat_template)
     return args
+
+
+def check_args(parser, args, argv):
+    """Impossible settings fail at start-up, one line each (argparse prints 'error: ...' and exits 2)."""
+    for name in ("max_steps", "train_batch_size", "num_generations", "num_iterations", "steps_per_generation",
+                 "per_device_train_batch_size", "generation_batch_size", "static_samples", "max_prompt_length",
+                 "max_nonfinite_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    for name in ("num_critiques", "critique_batch_size", "cache_size", "max_completion_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    for name in ("num_refinements", "eval_steps", "save_steps", "eval_size", "cold_start_steps", "beta"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must not be negative (got {getattr(args, name)})")
+    if args.temperature <= 0:
+        parser.error("--temperature must be positive (greedy decoding is used for evaluation only)")
+    if not 0 < args.epsilon < 1:
+        parser.error(f"--epsilon must be in (0, 1) (got {args.epsilon})")
+    if args.epsilon_high is not None and args.epsilon_high < args.epsilon:
+        parser.error(f"--epsilon_high ({args.epsilon_high}) must not be below --epsilon ({args.epsilon})")
+    critique_flags = [f for f in ("--num_critiques", "--critique_batch_size", "--num_refinements", "--label_balance",
+                                  "--cache_size") if any(a == f or a.startswith(f + "=") for a in argv)]
+    if args.mode == "grpo" and critique_flags:
+        parser.error(f"{critique_flags[0]} has no effect with --mode grpo (no critiques); use --mode gcrl or critique")
+    if args.mode == "grpo" and (args.train_batch_size * args.num_generations) % args.steps_per_generation:
+        parser.error(f"--steps_per_generation {args.steps_per_generation} does not divide the "
+                     f"{args.train_batch_size * args.num_generations} responses of a step")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir!r} is a file, not a directory")
 
 
 # ============================================================================ 1. Tasks and models
@@ -225,12 +266,35 @@ def load_model(args):
     name = resolve_model_name(args.model)
     if name != args.model:
         print(f"--model {args.model} resolved to {name}")
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    tok = AutoTokenizer.from_pretrained(name, padding_side="left")
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32  # log-probs stay fp32
+    where = "local directory" if os.path.isdir(name) else "hub id"
+    try:
+        tok = AutoTokenizer.from_pretrained(name, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(args.device)
+    except (OSError, ValueError, KeyError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f"error: could not load --model {args.model!r} as {where} {name!r}: {reason} -- check "
+                         "the name, or download it where the hub is reachable and pass its local directory")
     if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(args.device)
+        tok.pad_token = tok.eos_token  # safe: completion masks come from EOS positions, not from pads
     return model, tok
+
+
+def use_chat_template(tokenizer, model_name, setting="auto"):
+    """Should prompts be wrapped with the chat template? Qwen2.5 *base* tokenizers ship a template
+    too, so its presence alone does not make a chat model: auto also asks the name.
+
+    >>> use_chat_template(qwen_base_tok, "Qwen/Qwen2.5-0.5B"), use_chat_template(qwen_tok, "Qwen2.5-0.5B-Instruct")
+    (False, True)
+    """
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if setting == "on":
+        if not has_template:
+            raise SystemExit("error: --chat_template on, but the tokenizer has no chat template")
+        return True
+    if setting == "off":
+        return False
+    return has_template and re.search(r"instruct|chat", model_name or "", re.IGNORECASE) is not None
 
 
 # ============================================================================ 2. Verifier (Eq. 1)
@@ -612,6 +676,14 @@ def refine_prompt(question, response, critique):
             + REFINE_INSTRUCTION)
 
 
+def render_prompt(tokenizer, text, chat):
+    """The text a model sees: plain for base models, one user turn of the chat template for chat models."""
+    if not chat:
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 VERDICT_RE = re.compile(r"Conclusion:\s*\**\s*(right|wrong)\s*\**\s*\[END\]", re.IGNORECASE)
 
 
@@ -632,7 +704,7 @@ def parse_verdict(critique):
 # ============================================================================ 4. Rollout
 @torch.inference_mode()
 def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
-             batch_size=256):
+             batch_size=256, chat=False):
     """Sample `num_samples` completions per prompt with HF generate (left-padded prompts).
 
     Returns a dict of per-sequence lists, prompt-major (prompt 0's samples first):
@@ -648,13 +720,15 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
         do_sample=not greedy, temperature=temperature if not greedy else None, top_k=0 if not greedy else None,
         top_p=1.0 if not greedy else None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos)
-    expanded = [p for p in prompts for _ in range(num_samples)]
+    expanded = [render_prompt(tokenizer, p, chat) for p in prompts for _ in range(num_samples)]
     out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     for s in range(0, len(expanded), batch_size):
-        enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True).to(device)
+        # a chat template already holds the special tokens (BOS etc.): add none twice
+        enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=not chat).to(device)
         seqs = model.generate(**enc, generation_config=config)
         completions = seqs[:, enc.input_ids.shape[1]:]
         lengths, truncated = completion_lengths(completions, eos)
@@ -762,7 +836,7 @@ def build_balanced_pairs(model, tokenizer, rows, num_samples, args, rng):
     1:1 balanced critique evaluation set.
     """
     gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in rows], num_samples,
-                   args.max_completion_length, args.temperature, batch_size=args.generation_batch_size)
+                   args.max_completion_length, args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
     pairs = []
     for qi, row in enumerate(rows):
         texts = gen["texts"][qi * num_samples:(qi + 1) * num_samples]
@@ -780,7 +854,7 @@ def critique_rollout(model, tokenizer, pairs, questions, num_critiques, args):
     """
     prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in pairs]
     out = generate(model, tokenizer, prompts, num_critiques, args.max_completion_length, args.temperature,
-                   batch_size=args.generation_batch_size)
+                   batch_size=args.generation_batch_size, chat=args.chat)
     out["verdicts"] = [parse_verdict(t) for t in out["texts"]]
     return out
 
@@ -794,7 +868,7 @@ def refinement_votes(model, tokenizer, pairs, questions, critiques, num_critique
         prompts.append(refine_prompt(questions[q]["question"], response, text))
         golds.append(questions[q]["answer"])
     out = generate(model, tokenizer, prompts, num_refinements, args.max_completion_length, args.temperature,
-                   batch_size=args.generation_batch_size)
+                   batch_size=args.generation_batch_size, chat=args.chat)
     votes = []
     for j, gold in enumerate(golds):
         texts = out["texts"][j * num_refinements:(j + 1) * num_refinements]
@@ -1043,7 +1117,7 @@ def cold_start_examples(path, rng):
     return examples
 
 
-def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=None, first_steps=0):
+def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=None, first_steps=0, chat=False):
     """Supervised warm-up: maximise log pi(target | prompt) on completion tokens only.
 
     examples: [(prompt, target)]. The first `first_steps` steps draw from `first_examples` instead
@@ -1052,7 +1126,7 @@ def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=N
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
-    encode = lambda exs: [(enc(p), enc(t) + [tokenizer.eos_token_id]) for p, t in exs]
+    encode = lambda exs: [(enc(render_prompt(tokenizer, p, chat)), enc(t) + [tokenizer.eos_token_id]) for p, t in exs]
     data, first = encode(examples), encode(first_examples or [])
     model.train()
     loss = torch.tensor(float("nan"))
@@ -1073,7 +1147,7 @@ def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=N
     return loss.item()
 
 
-def cold_start(model, tokenizer, examples, steps, lr, rng, batch_size=64):
+def cold_start(model, tokenizer, examples, steps, lr, rng, batch_size=64, chat=False):
     """Solving first, then all formats: 3/4 of the steps on solve examples, the rest on everything
     (with the solve examples counted twice, so solving keeps being practised).
 
@@ -1084,9 +1158,9 @@ def cold_start(model, tokenizer, examples, steps, lr, rng, batch_size=64):
     """
     solve = [e for e in examples if e[0].endswith(SOLVE_INSTRUCTION)]
     if not solve or len(solve) == len(examples):
-        return sft(model, tokenizer, examples, steps, lr, batch_size, rng)
+        return sft(model, tokenizer, examples, steps, lr, batch_size, rng, chat=chat)
     return sft(model, tokenizer, examples + solve, steps, lr, batch_size, rng,
-               first_examples=solve, first_steps=steps * 3 // 4)
+               first_examples=solve, first_steps=steps * 3 // 4, chat=chat)
 
 
 # ============================================================================ 11. Evaluation
@@ -1095,13 +1169,13 @@ def evaluate(model, tokenizer, eval_rows, critique_set, questions, args):
     set of right/wrong responses, plus the rate of 'right' verdicts (0 = a critic that always
     says wrong; 0.5 is the balanced truth)."""
     gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
-                   args.max_completion_length, greedy=True, batch_size=args.generation_batch_size)
+                   args.max_completion_length, greedy=True, batch_size=args.generation_batch_size, chat=args.chat)
     acc = sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows)) / len(eval_rows)
     metrics = {"eval/accuracy": acc}
     if critique_set:
         prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in critique_set]
         crit = generate(model, tokenizer, prompts, 1, args.max_completion_length, greedy=True,
-                        batch_size=args.generation_batch_size)
+                        batch_size=args.generation_batch_size, chat=args.chat)
         verdicts = [parse_verdict(t) for t in crit["texts"]]
         metrics["eval/critique_accuracy"] = sum(
             v == ("correct" if ok else "wrong") for v, (_, _, ok) in zip(verdicts, critique_set)) / len(critique_set)
@@ -1111,9 +1185,13 @@ def evaluate(model, tokenizer, eval_rows, critique_set, questions, args):
 
 
 # ============================================================================ 12. Training loop
-def train(model, tokenizer, train_rows, eval_rows, args, log=print):
+def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None):
     """RL: every step does first-order rollout -> filter/cache -> second-order rollout -> rewards
-    -> mixed-group advantages -> GRPO update. Returns the list of metrics dicts (one per step)."""
+    -> mixed-group advantages -> GRPO update. Returns the list of metrics dicts (one per step).
+
+    resume: the trainer state of a checkpoint (load_checkpoint); the run then continues exactly as
+    if it had not stopped. SIGINT/SIGTERM finish the current step, write a checkpoint and return.
+    """
     rng = random.Random(args.seed)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
@@ -1127,35 +1205,62 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print):
     critiques_on = args.mode in ("critique", "gcrl")
     os.makedirs(args.output_dir, exist_ok=True)
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-
-    # Balanced critique eval set, built once from the starting policy (1 right + 1 wrong per question).
-    critique_eval = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
-    # C-RL trains on a static balanced set built up front from the questions this run will see.
-    order = train_rows[:]
-    rng.shuffle(order)
-    schedule = [order[(s * args.train_batch_size + i) % len(order)]
-                for s in range(args.max_steps) for i in range(args.train_batch_size)]
-    static_set = []
-    if args.mode == "critique":
-        seen = list({r["id"]: r for r in schedule}.values())
-        static_set = build_balanced_pairs(model, tokenizer, seen, args.static_samples, args, rng)
-        log(f"C-RL static set: {len(static_set)} balanced pairs from {len(seen)} questions")
-
     history = []
+    if resume is None:
+        open(metrics_path, "w").close()
+    else:  # keep the lines up to the checkpoint; later ones (a crash after it) are redone
+        history = [m for m in read_metrics(metrics_path) if m["step"] <= resume["step"]]
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in history)
 
     def record(m):
         history.append(m)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
 
-    first = evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args)
-    record({"step": 0, **first})
-    log(f"step 0 | " + " | ".join(f"{k} {v:.3f}" for k, v in first.items()))
+    # The data order is a function of the seed alone, so a resumed run sees the same questions.
+    order = train_rows[:]
+    rng.shuffle(order)
+    schedule = [order[(s * args.train_batch_size + i) % len(order)]
+                for s in range(args.max_steps) for i in range(args.train_batch_size)]
+    if resume is None:
+        # Balanced critique eval set, built once from the starting policy (1 right + 1 wrong per question).
+        critique_eval = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
+        # C-RL trains on a static balanced set built up front from the questions this run will see.
+        static_set = []
+        if args.mode == "critique":
+            seen = list({r["id"]: r for r in schedule}.values())
+            static_set = build_balanced_pairs(model, tokenizer, seen, args.static_samples, args, rng)
+            log(f"C-RL static set: {len(static_set)} balanced pairs from {len(seen)} questions")
+        first = evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args)
+        record({"step": 0, **first})
+        log(f"step 0 | " + " | ".join(f"{k} {v:.3f}" for k, v in first.items()))
+        cache, static_pool = [], []
+        p_correct = None  # running E[R(r)] for Eq. 3
+        start, nonfinite = 1, 0
+    else:
+        optimizer.load_state_dict(resume["optimizer"])
+        rng.setstate(resume["python_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        critique_eval, static_set, static_pool = resume["critique_eval"], resume["static_set"], resume["static_pool"]
+        cache, p_correct, nonfinite = resume["cache"], resume["p_correct"], resume["nonfinite"]
+        start = resume["step"] + 1
+        log(f"resumed at step {resume['step']}")
 
-    cache, static_pool = [], []
-    p_correct = None  # running E[R(r)] for Eq. 3
-    bar = tqdm(range(1, args.max_steps + 1), desc=f"{args.mode}", dynamic_ncols=True)
+    def checkpoint(step):
+        state = {"step": step, "cache": cache, "static_pool": static_pool, "static_set": static_set,
+                 "critique_eval": critique_eval, "p_correct": p_correct, "nonfinite": nonfinite,
+                 "python_rng": rng.getstate()}
+        path = os.path.join(args.output_dir, f"checkpoint-{step}")
+        save_checkpoint(path, model, tokenizer, optimizer, state)
+        return path
+
+    stop = {"signal": None}
+    handlers = install_stop_handlers(stop)
+    bar = tqdm(range(start, args.max_steps + 1), desc=f"{args.mode}", dynamic_ncols=True, initial=start - 1,
+               total=args.max_steps)
     for step in bar:
         m = {"step": step}
         batch = schedule[(step - 1) * args.train_batch_size: step * args.train_batch_size]
@@ -1165,7 +1270,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print):
         if args.mode in ("grpo", "gcrl"):
             t = time.time()
             gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in batch], args.num_generations,
-                           args.max_completion_length, args.temperature, batch_size=args.generation_batch_size)
+                           args.max_completion_length, args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
             m["time/rollout"] = time.time() - t
             t = time.time()
             correct = [verify(txt, batch[i // args.num_generations]["answer"]) for i, txt in enumerate(gen["texts"])]
@@ -1256,24 +1361,84 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print):
         tokens = sum(v for k, v in m.items() if k.startswith("tokens/"))
         m["tokens_per_second"] = tokens / rollout_time if rollout_time > 0 else 0.0
 
+        # a non-finite loss or gradient skipped the update (policy_update); too many in a row: stop
+        nonfinite = nonfinite + 1 if m.get("skipped_updates") else 0
         if (args.eval_steps and step % args.eval_steps == 0) or step == args.max_steps:
             m.update(evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args))
+        if nonfinite >= args.max_nonfinite_steps:
+            m["stopped"] = "nonfinite"
+        elif stop["signal"] is not None:
+            m["stopped"] = signal.Signals(stop["signal"]).name
         record(m)
         bar.set_postfix({k.split("/")[-1]: f"{m[k]:.2f}" for k in ("reward", "critique/accuracy",
                          "eval/accuracy", "eval/critique_accuracy") if k in m})
-        if args.save_steps and step % args.save_steps == 0:
-            save_model(model, tokenizer, os.path.join(args.output_dir, f"checkpoint-{step}"))
+        if "stopped" in m or (args.save_steps and step % args.save_steps == 0):
+            path = checkpoint(step)
+            if "stopped" in m:
+                bar.close()
+                log(f"stopped at step {step} ({m['stopped']}); checkpoint: {path}\n"
+                    f"resume with the same command plus: --resume {path}")
+                break
+    restore_stop_handlers(handlers)
     return history
 
 
-def save_model(model, tokenizer, path):
-    """save_pretrained into a temporary directory, then rename: a kill never leaves half a checkpoint."""
+def install_stop_handlers(stop):
+    """SIGINT/SIGTERM only set a flag: the step in flight finishes, then the loop checkpoints and
+    returns. A second Ctrl-C stops at once. (Signals can only be caught in the main thread.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        tqdm.write(f"received {signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
+
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_stop_handlers(handlers):
+    for s, h in (handlers or {}).items():
+        signal.signal(s, h)
+
+
+def save_checkpoint(path, model, tokenizer, optimizer, state):
+    """output_dir/checkpoint-STEP: model + tokenizer (from_pretrained loads them) and trainer_state.pt
+    (optimizer, RNG states, question-response cache, step). Written to path.tmp, then renamed, so a
+    kill at any moment leaves every earlier checkpoint whole and never a half-written one."""
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
+    state = {**state, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(path, ignore_errors=True)  # only when this very step was saved before
     os.replace(tmp, path)
+
+
+def latest_checkpoint(output_dir):
+    """The checkpoint-STEP directory with the highest STEP (half-written .tmp ones never count)."""
+    found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)] if os.path.isdir(output_dir) else []
+    if not found:
+        raise SystemExit(f"error: --resume: no checkpoint-STEP directory in {output_dir!r}")
+    return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[1])))
+
+
+def load_checkpoint(path):
+    """The trainer state saved by save_checkpoint (the model is loaded with from_pretrained)."""
+    state_file = os.path.join(path, "trainer_state.pt")
+    if not os.path.isfile(state_file):
+        raise SystemExit(f"error: --resume: {path!r} has no trainer_state.pt (not a gcrl checkpoint)")
+    return torch.load(state_file, map_location="cpu", weights_only=False)
+
+
+def read_metrics(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 # ============================================================================ 13. Main
@@ -1283,24 +1448,51 @@ def main(argv=None):
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     t_start = time.time()
-    train_rows = load_jsonl(args.dataset)
+    train_rows = load_jsonl(args.dataset)  # data errors surface before any model loads
     eval_rows = load_jsonl(args.eval_dataset)
     if args.eval_size:
         eval_rows = eval_rows[:args.eval_size]
+    resume = None
+    if args.resume:
+        path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
+        resume = load_checkpoint(path)
+        args.model, args.cold_start = path, None  # weights and tokenizer come from the checkpoint
     model, tokenizer = load_model(args)
+    args.chat = use_chat_template(tokenizer, args.model, args.chat_template)
+    example = render_prompt(tokenizer, solve_prompt(train_rows[0]["question"]), args.chat)
+    print(f"prompts: {'chat template' if args.chat else 'plain text'} (--chat_template {args.chat_template}); "
+          f"the first question renders as:\n{example}")
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+        kept = [r for r in rows if len(tokenizer(render_prompt(tokenizer, solve_prompt(r["question"]), args.chat),
+                                                add_special_tokens=not args.chat).input_ids) <= args.max_prompt_length]
+        if len(kept) < len(rows):  # skipped, never silently truncated
+            print(f"skipped {len(rows) - len(kept)} {name} questions longer than --max_prompt_length {args.max_prompt_length}")
+        if not kept:
+            raise SystemExit(f"error: every {name} question is longer than --max_prompt_length {args.max_prompt_length}")
+        rows[:] = kept
+    if args.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {args.model or 'tiny Qwen2'} ({n_params / 1e6:.2f} M parameters) on {args.device} | "
           f"mode {args.mode} | {len(train_rows)} train / {len(eval_rows)} eval questions")
     if args.cold_start and args.cold_start_steps > 0:
         examples = cold_start_examples(args.cold_start, random.Random(args.seed))
         t = time.time()
-        loss = cold_start(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, random.Random(args.seed))
+        loss = cold_start(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, random.Random(args.seed),
+                          chat=args.chat)
         print(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, "
               f"final loss {loss:.3f}, {time.time() - t:.0f} s")
-    history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write)
+    history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write, resume=resume)
+    end = history[-1]
+    if end.get("stopped") == "nonfinite":
+        raise SystemExit(f"error: {args.max_nonfinite_steps} steps in a row had a non-finite loss or gradient; "
+                         f"stopped at step {end['step']} (checkpoint saved). Try a lower --learning_rate.")
+    if end.get("stopped"):
+        return history  # interrupted: the checkpoint and how to resume were printed; exit 0
     model.save_pretrained(args.output_dir)  # beside metrics.jsonl; from_pretrained(output_dir) loads it
     tokenizer.save_pretrained(args.output_dir)
-    start, end = history[0], history[-1]
+    start = history[0]
     print(f"\nsummary ({args.mode}, {args.max_steps} steps, {time.time() - t_start:.0f} s):")
     for key in ("eval/accuracy", "eval/critique_accuracy", "eval/critique_right_rate"):
         if key in start and key in end:

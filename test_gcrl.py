@@ -49,7 +49,7 @@ def warm_model(tok, easy_rows):
 
 def make_args(tmp_path, *extra):
     return gcrl.parse_args(["--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--train_batch_size", "4",
-                            "--num_generations", "4", "--num_critiques", "2", "--eval_steps", "0",
+                            "--num_generations", "4", "--eval_steps", "0",
                             "--max_completion_length", "24", "--learning_rate", "1e-3", "--device", "cpu",
                             "--static_samples", "4", *extra])
 
@@ -63,6 +63,32 @@ def test_defaults_follow_trl_names_and_fill_in():
     assert args.learning_rate == 3e-5 and args.max_completion_length == 48  # tiny-model defaults
     real = gcrl.parse_args(["--model", "Qwen2.5-0.5B"])
     assert real.learning_rate == 1e-6 and real.cold_start is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_generations", "0"], "--num_generations must be at least 1"),
+    (["--max_steps", "-1"], "--max_steps must be at least 1"),
+    (["--beta", "-0.1"], "--beta must not be negative"),
+    (["--epsilon", "0.2", "--epsilon_high", "0.1"], "--epsilon_high (0.1) must not be below --epsilon (0.2)"),
+    (["--mode", "grpo", "--num_critiques", "4"], "--num_critiques has no effect with --mode grpo"),
+    (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--steps_per_generation", "2"],
+     "does not divide the 9 responses"),
+    (["--temperature", "0"], "--temperature must be positive"),
+])
+def test_impossible_settings_fail_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        gcrl.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    with pytest.raises(SystemExit):
+        gcrl.parse_args(["--output_dir", str(f)])
+    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- 1. tasks and models
@@ -110,6 +136,52 @@ def test_model_shorthand_resolution(tmp_path):
     assert gcrl.resolve_model_name("Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
     assert gcrl.resolve_model_name("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
     assert gcrl.resolve_model_name(str(tmp_path)) == str(tmp_path)
+
+
+def test_bad_model_name_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; offline is what a typo meets too
+    args = gcrl.parse_args(["--model", str(tmp_path / "no-such-model"), "--device", "cpu"])
+    with pytest.raises(SystemExit) as e:
+        gcrl.load_model(args)
+    msg = str(e.value)
+    assert msg.startswith("error: could not load --model") and "no-such-model" in msg and "\n" not in msg
+
+
+def test_real_model_path_loads_a_local_directory(tmp_path, tok, warm_model):
+    """A model saved with save_pretrained goes through AutoModelForCausalLM/AutoTokenizer, as a hub id would."""
+    warm_model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    args = gcrl.parse_args(["--model", str(tmp_path / "m"), "--device", "cpu"])
+    model, tok2 = gcrl.load_model(args)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and tok2.padding_side == "left"
+    assert tok2("47+38").input_ids == tok("47+38").input_ids
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_template_auto_asks_the_model_name(tok):
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = CHAT_TEMPLATE
+    assert not gcrl.use_chat_template(tok, "Qwen2.5-0.5B-Instruct")           # no template: plain
+    assert not gcrl.use_chat_template(chat_tok, "Qwen/Qwen2.5-0.5B")          # base model with a template
+    assert gcrl.use_chat_template(chat_tok, "Qwen/Qwen2.5-0.5B-Instruct")
+    assert gcrl.use_chat_template(chat_tok, "some/model-chat")
+    assert gcrl.use_chat_template(chat_tok, "Qwen/Qwen2.5-0.5B", "on")
+    assert not gcrl.use_chat_template(chat_tok, "x-Instruct", "off")
+    with pytest.raises(SystemExit, match="has no chat template"):
+        gcrl.use_chat_template(tok, "x", "on")
+
+
+def test_chat_template_renders_all_three_prompt_kinds(tok):
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = CHAT_TEMPLATE
+    for text in (gcrl.solve_prompt("47+38"), gcrl.critique_prompt("47+38", "\\boxed{85}"),
+                 gcrl.refine_prompt("47+38", "\\boxed{84}", "Conclusion: wrong [END]")):
+        rendered = gcrl.render_prompt(chat_tok, text, chat=True)
+        assert rendered == "<|im_start|>user\n" + text + "<|im_end|>\n<|im_start|>assistant\n"
+        assert gcrl.render_prompt(chat_tok, text, chat=False) == text
 
 
 # ---------------------------------------------------------------------------- 2. verifier
@@ -534,3 +606,83 @@ def test_same_seed_same_metrics(tmp_path, tok, warm_model, easy_rows):
         runs.append([{k: v for k, v in m.items() if not k.startswith("time/") and k != "tokens_per_second"}
                      for m in hist])
     assert runs[0] == runs[1]
+
+
+# ---------------------------------------------------------------------------- checkpoints, resume, interruption
+def _strip_timing(history):
+    return [{k: v for k, v in m.items() if not k.startswith("time/") and k != "tokens_per_second"} for m in history]
+
+
+def test_checkpoint_reload_gives_identical_logprobs(tmp_path, tok, warm_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    opt = torch.optim.AdamW(warm_model.parameters())
+    path = str(tmp_path / "checkpoint-3")
+    gcrl.save_checkpoint(path, warm_model, tok, opt, {"step": 3})
+    assert not (tmp_path / "checkpoint-3.tmp").exists()
+    model2, tok2 = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    assert gcrl.load_checkpoint(path)["step"] == 3
+    ids, attn, cmask = gcrl.collate([tok("47+38").input_ids, tok("9").input_ids],
+                                    [tok2("7+8=15").input_ids, tok2("1").input_ids], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        a = gcrl.completion_logprobs(warm_model, ids, attn, cmask.shape[1])
+        b = gcrl.completion_logprobs(model2, ids, attn, cmask.shape[1])
+    assert torch.equal(a, b)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, tok, warm_model, easy_rows):
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    args = make_args(tmp_path, "--max_steps", "4", "--save_steps", "2")
+    full = gcrl.train(copy.deepcopy(warm_model), tok, easy_rows, easy_rows, args, log=lambda *a: None)
+    # a crash after step 4's metrics but before any later checkpoint: resume from checkpoint-2
+    path = gcrl.latest_checkpoint(args.output_dir)
+    assert path.endswith("checkpoint-4")
+    path = path.replace("checkpoint-4", "checkpoint-2")
+    resumed_model = AutoModelForCausalLM.from_pretrained(path)
+    resumed = gcrl.train(resumed_model, tok, easy_rows, easy_rows, args, log=lambda *a: None,
+                         resume=gcrl.load_checkpoint(path))
+    assert [m["step"] for m in resumed] == [0, 1, 2, 3, 4]
+    assert _strip_timing(resumed) == _strip_timing(full)
+    lines = gcrl.read_metrics(str(tmp_path / "out" / "metrics.jsonl"))
+    assert [m["step"] for m in lines] == [0, 1, 2, 3, 4]  # no duplicated steps after the resume
+
+
+def test_half_written_checkpoint_is_never_picked(tmp_path, tok, warm_model):
+    out = tmp_path / "out"
+    gcrl.save_checkpoint(str(out / "checkpoint-2"), warm_model, tok, torch.optim.AdamW(warm_model.parameters()),
+                         {"step": 2})
+    (out / "checkpoint-4.tmp").mkdir()  # a kill during the next save leaves only this behind
+    (out / "checkpoint-4.tmp" / "model.safetensors").write_bytes(b"half")
+    assert gcrl.latest_checkpoint(str(out)).endswith("checkpoint-2")
+    with pytest.raises(SystemExit, match="no checkpoint-STEP directory"):
+        gcrl.latest_checkpoint(str(tmp_path / "empty"))
+
+
+def test_nonfinite_updates_are_skipped_and_stop_the_run(tmp_path, tok, warm_model, easy_rows):
+    model = copy.deepcopy(warm_model)
+    before = _params(model)
+    next(model.parameters()).register_hook(lambda g: g * float("nan"))  # every backward: a NaN gradient
+    args = make_args(tmp_path, "--mode", "grpo", "--max_steps", "6", "--max_nonfinite_steps", "2")
+    history = gcrl.train(model, tok, easy_rows, easy_rows, args, log=lambda *a: None)
+    assert torch.equal(before, _params(model))  # no update reached the weights
+    assert history[-1]["stopped"] == "nonfinite" and history[-1]["step"] < 6
+    assert (tmp_path / "out" / f"checkpoint-{history[-1]['step']}" / "trainer_state.pt").exists()
+
+
+def test_sigint_finishes_the_step_checkpoints_and_exits_0(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    cmd = [sys.executable, "gcrl.py", "--output_dir", str(out), "--cold_start_steps", "0", "--max_steps", "200",
+           "--train_batch_size", "2", "--num_generations", "2", "--eval_size", "4", "--eval_steps", "0",
+           "--max_completion_length", "8", "--num_threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(gcrl.read_metrics(str(out / "metrics.jsonl"))) < 3:
+        time.sleep(0.2)
+    proc.send_signal(2)  # SIGINT, as Ctrl-C
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "resume with the same command plus: --resume" in output
+    last = gcrl.read_metrics(str(out / "metrics.jsonl"))[-1]
+    assert last["stopped"] == "SIGINT" and (out / f"checkpoint-{last['step']}" / "trainer_state.pt").exists()
