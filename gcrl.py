@@ -266,7 +266,9 @@ def load_model(args):
     name = resolve_model_name(args.model)
     if name != args.model:
         print(f"--model {args.model} resolved to {name}")
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32  # log-probs stay fp32
+    # fp32 master weights everywhere: in bf16 weights an update of lr 1e-6 rounds away (8 mantissa
+    # bits). On CUDA the forward passes run under bf16 autocast instead (autocast(), section 4).
+    dtype = torch.float32
     where = "local directory" if os.path.isdir(name) else "hub id"
     try:
         tok = AutoTokenizer.from_pretrained(name, padding_side="left")
@@ -702,6 +704,12 @@ def parse_verdict(critique):
 
 
 # ============================================================================ 4. Rollout
+def autocast(model):
+    """bf16 autocast for forward passes on CUDA (weights stay fp32); a no-op on CPU."""
+    device = next(model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
              batch_size=256, chat=False):
@@ -729,7 +737,8 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
         # a chat template already holds the special tokens (BOS etc.): add none twice
         enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=not chat).to(device)
-        seqs = model.generate(**enc, generation_config=config)
+        with autocast(model):
+            seqs = model.generate(**enc, generation_config=config)
         completions = seqs[:, enc.input_ids.shape[1]:]
         lengths, truncated = completion_lengths(completions, eos)
         for row, ids, mask, n in zip(completions.tolist(), enc.input_ids.tolist(), enc.attention_mask.tolist(), lengths):
@@ -774,15 +783,16 @@ def collate(prompt_ids, completion_ids, pad_id, device):
 
 
 def completion_logprobs(model, input_ids, attention_mask, num_completion_tokens, temperature=1.0):
-    """log pi(o_t | q, o_<t) for the last C tokens only, computed in fp32. Shape (B, C).
+    """log pi(o_t | q, o_<t) for the last C tokens only; the log-softmax in fp32. Shape (B, C).
 
     logits_to_keep skips the LM head on prompt tokens; positions come from the mask so
     left padding does not shift them (what generate does).
     """
     C = num_completion_tokens
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=C + 1).logits[:, :-1]
+    with autocast(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=C + 1).logits[:, :-1]
     targets = input_ids[:, -C:]
     rows = []  # row by row: a (B, C, V) fp32 log-softmax would not fit for a 150k vocabulary
     for lg, tg in zip(logits, targets):
