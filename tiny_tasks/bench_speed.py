@@ -1,0 +1,127 @@
+"""Seconds per step of gcrl (G-RL and GC-RL) and, when trl is importable, of TRL's GRPOTrainer on
+the same work. Not a test: it prints figures.
+
+    python tiny_tasks/bench_speed.py                                  # gcrl only
+    python tiny_tasks/bench_speed.py --trl_python /path/to/venv/bin/python   # + TRL, in its own venv
+
+The work (issue 5): a tiny Qwen2 (hidden 128, intermediate 256, 4 layers, 4 heads, 2 KV heads,
+~0.6 M parameters, character tokenizer), 8 prompts x 8 generations per step, 16 new tokens,
+temperature 1.0, beta 0, one torch thread, 20 steps; reward = gcrl.verify against the answer.
+Each implementation runs in its own process, so each peak RSS is its own. Reported: median
+seconds per step over steps 3-20, peak RSS, and the ratio gcrl / TRL. GC-RL runs with
+--label_balance random so every step critiques pairs even though the random model never answers
+right (the filter would then cache nothing); its sampled tokens per second are printed next to
+G-RL's.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+STEPS, PROMPTS, GENERATIONS, NEW_TOKENS = 20, 8, 8, 16
+
+
+def run_gcrl(mode, out):
+    sys.path.insert(0, ROOT)
+    import torch
+    import gcrl
+    torch.set_num_threads(1)
+    argv = ["--mode", mode, "--output_dir", out, "--max_steps", str(STEPS), "--train_batch_size", str(PROMPTS),
+            "--num_generations", str(GENERATIONS), "--max_completion_length", str(NEW_TOKENS), "--beta", "0",
+            "--temperature", "1.0", "--eval_steps", "0", "--eval_size", "8", "--device", "cpu", "--seed", "0"]
+    if mode == "gcrl":
+        argv += ["--label_balance", "random"]
+    args = gcrl.parse_args(argv)
+    tok = gcrl.build_tiny_tokenizer()
+    model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
+    rows = gcrl.load_jsonl(args.dataset)
+    history = gcrl.train(model, tok, rows, gcrl.load_jsonl(args.eval_dataset)[:8], args, log=lambda *a: None)
+    steps = [m for m in history if 3 <= m["step"] <= STEPS]
+    return {"s_per_step": statistics.median(m["time/step"] for m in steps),
+            "tokens_per_second": statistics.median(m["tokens_per_second"] for m in steps)}
+
+
+def run_trl(out):
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    sys.path.insert(0, ROOT)
+    import gcrl
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tok = gcrl.build_tiny_tokenizer()
+    model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
+    rows = gcrl.load_jsonl(os.path.join(HERE, "arith_train.jsonl"))[:PROMPTS * STEPS]
+    data = Dataset.from_list([{"prompt": gcrl.solve_prompt(r["question"]), "answer": r["answer"]} for r in rows])
+
+    def reward(completions, answer, **kw):
+        return [float(gcrl.verify(c, a)) for c, a in zip(completions, answer)]
+
+    stamps = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *a, **kw):
+            stamps.append(time.time())
+
+    config = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS * GENERATIONS,
+                        num_generations=GENERATIONS, max_completion_length=NEW_TOKENS, temperature=1.0, beta=0.0,
+                        max_steps=STEPS, learning_rate=3e-5, logging_steps=1, report_to="none", save_strategy="no",
+                        use_cpu=True, bf16=False, seed=0, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data, processing_class=tok,
+                          callbacks=[Stamp()])
+    start = time.time()
+    trainer.train()
+    times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    return {"s_per_step": statistics.median(times[2:STEPS])}
+
+
+def child(impl):
+    with tempfile.TemporaryDirectory() as out:
+        result = run_trl(out) if impl == "trl" else run_gcrl(impl, out)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(python, impl):
+    proc = subprocess.run([python, os.path.abspath(__file__), "--child", impl], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise SystemExit(f"error: the {impl} run failed:\n{proc.stderr[-3000:]}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trl_python", default=None, help="a python that can import trl (default: this one, if it can)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return child(a.child)
+    grpo = spawn(sys.executable, "grpo")
+    gc = spawn(sys.executable, "gcrl")
+    print(f"gcrl G-RL : {grpo['s_per_step']:.3f} s/step (median, steps 3-{STEPS}), peak RSS {grpo['peak_rss_mb']:.0f} MB, "
+          f"{grpo['tokens_per_second']:.0f} sampled tokens/s")
+    print(f"gcrl GC-RL: {gc['s_per_step']:.3f} s/step, peak RSS {gc['peak_rss_mb']:.0f} MB, "
+          f"{gc['tokens_per_second']:.0f} sampled tokens/s "
+          f"({gc['tokens_per_second'] / grpo['tokens_per_second']:.2f} x G-RL's)")
+    trl_python = a.trl_python or sys.executable
+    has_trl = subprocess.run([trl_python, "-c", "import trl"], capture_output=True).returncode == 0
+    if not has_trl:
+        print("TRL: not importable by", trl_python, "- skipped (install trl in a separate venv, pass --trl_python)")
+        return
+    trl = spawn(trl_python, "trl")
+    print(f"TRL GRPOTrainer: {trl['s_per_step']:.3f} s/step, peak RSS {trl['peak_rss_mb']:.0f} MB")
+    print(f"ratio gcrl G-RL / TRL: {grpo['s_per_step'] / trl['s_per_step']:.2f} (time), "
+          f"{grpo['peak_rss_mb'] / trl['peak_rss_mb']:.2f} (peak RSS)")
+
+
+if __name__ == "__main__":
+    main()
