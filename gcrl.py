@@ -1384,8 +1384,8 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
         record(m)
         shown = {k.split("/")[-1]: f"{m[k]:.2f}" for k in ("reward", "critique/accuracy", "eval/accuracy",
                                                             "eval/critique_accuracy") if k in m}
-        shown.update({k[5:].replace("_rollout", ""): f"{v:.1f}s" for k, v in m.items() if k.startswith("time/")})
-        bar.set_postfix(shown)  # e.g. reward=0.27, accuracy=0.45, rollout=0.3s, critique=0.2s, update=0.4s
+        shown.update({"t_" + k[5:].replace("_rollout", ""): f"{v:.2f}s" for k, v in m.items() if k.startswith("time/")})
+        bar.set_postfix(shown)  # e.g. reward=0.27, accuracy=0.45, t_rollout=0.31s, t_critique=0.20s, t_update=0.40s
         if "stopped" in m or (args.save_steps and step % args.save_steps == 0):
             path = checkpoint(step)
             if "stopped" in m:
