@@ -180,29 +180,39 @@ def check_args(parser, args, argv):
 
 # ============================================================================ 1. Tasks and models
 def load_jsonl(path, required=("question", "answer")):
-    """Read a JSONL data set; every bad line is one clear error naming file and line.
+    """Read a JSONL data set; anything wrong is one clear error naming file, line and problem.
 
-    >>> rows = load_jsonl("tiny_tasks/arith_test.jsonl"); rows[0]
-    {'question': '..', 'answer': '..', 'id': 0}
+    >>> load_jsonl("tiny_tasks/arith_test.jsonl")[0]
+    {'question': '28+83', 'answer': '111', 'id': 0}
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise SystemExit(f"error: data set {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: data set {path!r} is not a file")
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise SystemExit(f"error: cannot read data set {path!r}: {e.strerror}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}:{lineno}: not valid JSON ({e.msg})")
-            if not isinstance(row, dict):
-                raise SystemExit(f"error: {path}:{lineno}: expected a JSON object")
-            for key in required:
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise SystemExit(f"error: {path}:{lineno}: field {key!r} missing or not a non-empty string")
-            row["id"] = len(rows)
-            rows.append(row)
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SystemExit(f"error: {path}:{lineno}: not UTF-8 text")
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"error: {path}:{lineno}: not valid JSON ({e.msg})")
+        if not isinstance(row, dict):
+            raise SystemExit(f"error: {path}:{lineno}: expected a JSON object")
+        for key in required:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise SystemExit(f"error: {path}:{lineno}: field {key!r} missing or not a non-empty string")
+        row["id"] = len(rows)
+        rows.append(row)
     if not rows:
         raise SystemExit(f"error: data set {path!r} is empty")
     return rows
@@ -687,7 +697,9 @@ def render_prompt(tokenizer, text, chat):
                                          add_generation_prompt=True)
 
 
-VERDICT_RE = re.compile(r"Conclusion:\s*\**\s*(right|wrong)\s*\**\s*\[END\]", re.IGNORECASE)
+# Bounded gaps: with open-ended \s*\**\s* a critique of 'Conclusion:' and 20,000 spaces took 6 s
+# (quadratic backtracking); bounded, the work per match start is constant.
+VERDICT_RE = re.compile(r"Conclusion:\s{0,8}\*{0,2}\s{0,8}(right|wrong)\s{0,8}\*{0,2}\s{0,8}\[END\]", re.IGNORECASE)
 
 
 def parse_verdict(critique):
@@ -1029,6 +1041,10 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
     device = next(model.parameters()).device
     stats = {"tokens": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "loss": 0.0, "grad_norm": 0.0,
              "skipped": 0, "updates": 0, "time_logprobs": 0.0}
+    if ref_model is None and all(s["advantage"] == 0 for s in samples):
+        # Every group had zero reward variance: the gradient is exactly 0, yet an optimizer step would
+        # still move the weights by Adam's momentum. Skip it (counted in frac_reward_zero_std).
+        return policy_update_metrics(stats)
     # old log-probs are needed only when the policy moves before a sample is used (off-policy);
     # with one iteration and one mini-batch they equal the current ones, detached: no extra pass.
     on_policy = args.num_iterations == 1 and args.steps_per_generation == 1
@@ -1073,6 +1089,11 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
             else:  # a non-finite gradient would poison the weights and Adam's moments: skip it
                 stats["skipped"] += 1
             optimizer.zero_grad(set_to_none=True)
+    return policy_update_metrics(stats)
+
+
+def policy_update_metrics(stats):
+    """Token sums from policy_update -> TRL-style metrics (means over completion tokens)."""
     tokens = max(1.0, stats["tokens"])
     return {"loss": stats["loss"], "grad_norm": stats["grad_norm"] / max(1, stats["updates"]),
             "kl": stats["kl"] / tokens, "clip_ratio/low_mean": stats["clip_low"] / tokens,

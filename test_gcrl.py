@@ -116,6 +116,14 @@ def test_bad_data_line_names_file_and_line(tmp_path, line, message):
     assert f"{path}:2:" in str(e.value) and message in str(e.value)
 
 
+def test_unreadable_data_sets(tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"question": "1+1", "answer": "2"}\n{"question": "\xe9", "answer": "2"}\n')
+    with pytest.raises(SystemExit, match=r"latin1.jsonl:2: not UTF-8 text"):
+        gcrl.load_jsonl(str(tmp_path / "latin1.jsonl"))
+    with pytest.raises(SystemExit, match="is not a file"):
+        gcrl.load_jsonl(str(tmp_path))
+
+
 def test_missing_and_empty_data_sets(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         gcrl.load_jsonl(str(tmp_path / "nope.jsonl"))
@@ -138,13 +146,15 @@ def test_model_shorthand_resolution(tmp_path):
     assert gcrl.resolve_model_name(str(tmp_path)) == str(tmp_path)
 
 
-def test_bad_model_name_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; offline is what a typo meets too
+def test_bad_model_name_is_one_clear_line(tmp_path):
+    # A local path exercises the same error path as a hub id without waiting on the network
+    # (offline, a hub id takes ~46 s of retries before the same one-line error).
     args = gcrl.parse_args(["--model", str(tmp_path / "no-such-model"), "--device", "cpu"])
     with pytest.raises(SystemExit) as e:
         gcrl.load_model(args)
     msg = str(e.value)
-    assert msg.startswith("error: could not load --model") and "no-such-model" in msg and "\n" not in msg
+    assert msg.startswith(f"error: could not load --model '{tmp_path / 'no-such-model'}' as hub id")
+    assert "check the name" in msg and "\n" not in msg
 
 
 def test_real_model_path_loads_a_local_directory(tmp_path, tok, warm_model):
@@ -360,6 +370,20 @@ def test_parse_verdict(critique, verdict):
     assert gcrl.parse_verdict(critique) == verdict
 
 
+@pytest.mark.parametrize("hostile", [
+    "Conclusion:" + " " * 200_000 + "x",       # was quadratic: 20,000 spaces took 6 s
+    "Conclusion: right " * 100_000,
+    "x" * 2_000_000,
+    "Conclusion:\x00 right [END]\x00",
+    "Conclusion: rïght [END] \u202e Conclusion: wrong [END]",
+])
+def test_parse_verdict_is_bounded_on_hostile_text(hostile):
+    start = time.time()
+    verdict = gcrl.parse_verdict(hostile)
+    assert verdict in (None, "correct", "wrong")
+    assert time.time() - start < 5  # a generous guard; typical is milliseconds
+
+
 def test_prompts_follow_paper_format():
     p = gcrl.critique_prompt("Q?", "R.")
     assert p.startswith("#Question#: Q?\n#Solution#: R.\n#Instruction#: Please verify step by step")
@@ -564,6 +588,17 @@ def test_tiny_cold_start_examples_cover_three_formats():
     assert all(gcrl.verify(t, "85") for p, t in ex if "#Instruction#: Please verify" not in p)
 
 
+def test_cold_start_file_with_critiques(tmp_path):
+    path = tmp_path / "cs.jsonl"
+    path.write_text(json.dumps({"question": "Q", "response": "R \\boxed{1}", "critique": "Conclusion: wrong [END]"})
+                    + "\n" + json.dumps({"question": "Q2"}) + "\n")
+    with pytest.raises(SystemExit, match=r"cs.jsonl:2: needs 'answer', or 'response' and 'critique'"):
+        gcrl.cold_start_examples(str(path), random.Random(0))
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    assert gcrl.cold_start_examples(str(path), random.Random(0)) == [
+        (gcrl.critique_prompt("Q", "R \\boxed{1}"), "Conclusion: wrong [END]")]
+
+
 # ---------------------------------------------------------------------------- 12. training loop (end to end)
 def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
@@ -686,3 +721,20 @@ def test_sigint_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     assert "resume with the same command plus: --resume" in output
     last = gcrl.read_metrics(str(out / "metrics.jsonl"))[-1]
     assert last["stopped"] == "SIGINT" and (out / f"checkpoint-{last['step']}" / "trainer_state.pt").exists()
+
+
+def test_zero_variance_step_leaves_weights_and_adam_state_intact(tok, warm_model, easy_rows):
+    model = copy.deepcopy(warm_model)
+    args = gcrl.parse_args(["--device", "cpu"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = gcrl.generate(model, tok, [gcrl.solve_prompt(r["question"]) for r in easy_rows[:2]], 2, 12)
+    samples = [{"prompt_ids": p, "completion_ids": c, "advantage": a}
+               for p, c, a in zip(gen["prompt_ids"], gen["completion_ids"], [1.0, -1.0, 0.5, -0.5])]
+    gcrl.policy_update(model, None, opt, samples, args, tok.pad_token_id, random.Random(0))  # Adam has momentum now
+    before, state = _params(model), copy.deepcopy(opt.state_dict())
+    for s in samples:
+        s["advantage"] = 0.0
+    m = gcrl.policy_update(model, None, opt, samples, args, tok.pad_token_id, random.Random(0))
+    assert torch.equal(before, _params(model)) and m["loss"] == 0.0 and math.isfinite(m["grad_norm"])
+    after = opt.state_dict()["state"]
+    assert all(torch.equal(state["state"][k]["exp_avg"], after[k]["exp_avg"]) for k in after)
