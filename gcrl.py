@@ -1225,7 +1225,6 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
     if it had not stopped. SIGINT/SIGTERM finish the current step, write a checkpoint and return.
     """
     rng = random.Random(args.seed)
-    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     questions = {r["id"]: r for r in train_rows}
     eval_questions = {r["id"]: r for r in eval_rows}
@@ -1265,7 +1264,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
             log(f"C-RL static set: {len(static_set)} balanced pairs from {len(seen)} questions")
         first = evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args)
         record({"step": 0, **first})
-        log(f"step 0 | " + " | ".join(f"{k} {v:.3f}" for k, v in first.items()))
+        log("step 0 | " + " | ".join(f"{k} {v:.3f}" for k, v in first.items()))
         cache, static_pool = [], []
         p_correct = None  # running E[R(r)] for Eq. 3
         start, nonfinite = 1, 0

@@ -7,11 +7,13 @@ the same work. Not a test: it prints figures.
 The work (issue 5): a tiny Qwen2 (hidden 128, intermediate 256, 4 layers, 4 heads, 2 KV heads,
 ~0.6 M parameters, character tokenizer), 8 prompts x 8 generations per step, 16 new tokens,
 temperature 1.0, beta 0, one torch thread, 20 steps; reward = gcrl.verify against the answer.
-Each implementation runs in its own process, so each peak RSS is its own. Reported: median
-seconds per step over steps 3-20, peak RSS, and the ratio gcrl / TRL. GC-RL runs with
---label_balance random so every step critiques pairs even though the random model never answers
-right (the filter would then cache nothing); its sampled tokens per second are printed next to
-G-RL's.
+Both start from the same supervised model (600 SFT steps on direct answers, saved to a
+temporary directory), so rewards vary and every step does a real update: a random model earns
+reward 0 everywhere, and gcrl skips an update whose advantages are all 0 while TRL does not,
+which would not be the same work. Each implementation runs in its own process, so each peak RSS
+is its own. Reported: median seconds per step over steps 3-20, peak RSS, and the ratio
+gcrl / TRL. GC-RL runs with --label_balance random so that every step critiques the same number
+of pairs; its sampled tokens per second are printed next to G-RL's.
 """
 import argparse
 import json
@@ -28,7 +30,31 @@ ROOT = os.path.dirname(HERE)
 STEPS, PROMPTS, GENERATIONS, NEW_TOKENS = 20, 8, 8, 16
 
 
-def run_gcrl(mode, out):
+def warm_model(path):
+    """The shared starting point: the tiny model after 600 SFT steps on direct answers."""
+    import random
+    import torch
+    sys.path.insert(0, ROOT)
+    import gcrl
+    torch.set_num_threads(1)
+    tok = gcrl.build_tiny_tokenizer()
+    model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
+    # direct answers ('\\boxed{85}'): the worked solutions (~20 tokens) would not fit in 16 new tokens
+    rows = [{"question": r["question"], "answer": r["answer"]}
+            for r in gcrl.load_jsonl(os.path.join(HERE, "arith_coldstart.jsonl"))]
+    examples = gcrl.tiny_cold_start_examples(rows, random.Random(0))
+    solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
+    gcrl.sft(model, tok, solve, 600, 3e-3, 64, random.Random(0))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def load(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+
+
+def run_gcrl(mode, out, model_dir):
     sys.path.insert(0, ROOT)
     import torch
     import gcrl
@@ -39,16 +65,17 @@ def run_gcrl(mode, out):
     if mode == "gcrl":
         argv += ["--label_balance", "random"]
     args = gcrl.parse_args(argv)
-    tok = gcrl.build_tiny_tokenizer()
-    model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
+    model, tok = load(model_dir)
     rows = gcrl.load_jsonl(args.dataset)
     history = gcrl.train(model, tok, rows, gcrl.load_jsonl(args.eval_dataset)[:8], args, log=lambda *a: None)
     steps = [m for m in history if 3 <= m["step"] <= STEPS]
     return {"s_per_step": statistics.median(m["time/step"] for m in steps),
-            "tokens_per_second": statistics.median(m["tokens_per_second"] for m in steps)}
+            "tokens_per_second": statistics.median(m["tokens_per_second"] for m in steps),
+            "mean_reward": statistics.mean(m.get("reward", 0.0) for m in steps),
+            "frac_steps_updated": statistics.mean(m.get("grad_norm", 0.0) > 0 for m in steps)}
 
 
-def run_trl(out):
+def run_trl(out, model_dir):
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -57,8 +84,7 @@ def run_trl(out):
     import gcrl
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    tok = gcrl.build_tiny_tokenizer()
-    model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
+    model, tok = load(model_dir)
     rows = gcrl.load_jsonl(os.path.join(HERE, "arith_train.jsonl"))[:PROMPTS * STEPS]
     data = Dataset.from_list([{"prompt": gcrl.solve_prompt(r["question"]), "answer": r["answer"]} for r in rows])
 
@@ -80,18 +106,26 @@ def run_trl(out):
     start = time.time()
     trainer.train()
     times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
-    return {"s_per_step": statistics.median(times[2:STEPS])}
+    logs = [h for h in trainer.state.log_history if "reward" in h][2:STEPS]
+    return {"s_per_step": statistics.median(times[2:STEPS]),
+            "mean_reward": statistics.mean(h["reward"] for h in logs),
+            "frac_steps_updated": statistics.mean(h.get("grad_norm", 0.0) > 0 for h in logs)}
 
 
-def child(impl):
+def child(impl, model_dir):
+    if impl == "warm":  # in its own process too, so the parent's peak RSS stays small (children inherit it)
+        return warm_model(model_dir)
     with tempfile.TemporaryDirectory() as out:
-        result = run_trl(out) if impl == "trl" else run_gcrl(impl, out)
+        result = run_trl(out, model_dir) if impl == "trl" else run_gcrl(impl, out, model_dir)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
-def spawn(python, impl):
-    proc = subprocess.run([python, os.path.abspath(__file__), "--child", impl], capture_output=True, text=True)
+def spawn(python, impl, model_dir):
+    proc = subprocess.run([python, os.path.abspath(__file__), "--child", impl, "--model_dir", model_dir],
+                          capture_output=True, text=True)
+    if impl == "warm":
+        return proc.check_returncode()
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -102,13 +136,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trl_python", default=None, help="a python that can import trl (default: this one, if it can)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        return child(a.child)
-    grpo = spawn(sys.executable, "grpo")
-    gc = spawn(sys.executable, "gcrl")
+        return child(a.child, a.model_dir)
+    tmp = tempfile.TemporaryDirectory()
+    model_dir = tmp.name
+    spawn(sys.executable, "warm", model_dir)
+    grpo = spawn(sys.executable, "grpo", model_dir)
+    gc = spawn(sys.executable, "gcrl", model_dir)
     print(f"gcrl G-RL : {grpo['s_per_step']:.3f} s/step (median, steps 3-{STEPS}), peak RSS {grpo['peak_rss_mb']:.0f} MB, "
-          f"{grpo['tokens_per_second']:.0f} sampled tokens/s")
+          f"{grpo['tokens_per_second']:.0f} sampled tokens/s, mean reward {grpo['mean_reward']:.3f}, "
+          f"steps updated {grpo['frac_steps_updated']:.2f}")
     print(f"gcrl GC-RL: {gc['s_per_step']:.3f} s/step, peak RSS {gc['peak_rss_mb']:.0f} MB, "
           f"{gc['tokens_per_second']:.0f} sampled tokens/s "
           f"({gc['tokens_per_second'] / grpo['tokens_per_second']:.2f} x G-RL's)")
@@ -117,8 +156,9 @@ def main():
     if not has_trl:
         print("TRL: not importable by", trl_python, "- skipped (install trl in a separate venv, pass --trl_python)")
         return
-    trl = spawn(trl_python, "trl")
-    print(f"TRL GRPOTrainer: {trl['s_per_step']:.3f} s/step, peak RSS {trl['peak_rss_mb']:.0f} MB")
+    trl = spawn(trl_python, "trl", model_dir)
+    print(f"TRL GRPOTrainer: {trl['s_per_step']:.3f} s/step, peak RSS {trl['peak_rss_mb']:.0f} MB, "
+          f"mean reward {trl['mean_reward']:.3f}, steps with grad_norm > 0 {trl['frac_steps_updated']:.2f}")
     print(f"ratio gcrl G-RL / TRL: {grpo['s_per_step'] / trl['s_per_step']:.2f} (time), "
           f"{grpo['peak_rss_mb'] / trl['peak_rss_mb']:.2f} (peak RSS)")
 

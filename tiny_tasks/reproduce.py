@@ -1,0 +1,104 @@
+"""The paper's comparisons in miniature: every arm, several seeds, one command.
+
+    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about half an hour on 2 cores)
+    python tiny_tasks/reproduce.py --quick    # 1 seed, few steps: checks that everything runs
+
+Arms (paper section 4-5), all from the SAME cold-started model of each seed, on the same
+questions with the same step budget; only the method differs:
+  cold start only | G-RL (--mode grpo) | C-RL (--mode critique, static balanced set)
+  GC-RL with the data filter | GC-RL with random sampling | random + re-weighted reward (Eq. 3)
+  GC-RL with the filter + vote denoising (Eq. 4, one refinement per critique, as the paper)
+Writes one JSONL line per run (final metrics) to --out and prints a markdown table of
+mean +- standard error over seeds: greedy generation accuracy, balanced critique accuracy, the
+critic's rate of "right" verdicts, plus the total wall time.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gcrl  # noqa: E402
+
+ARMS = {
+    "cold start only": None,
+    "G-RL": ["--mode", "grpo"],
+    "C-RL": ["--mode", "critique"],
+    "GC-RL (filter)": ["--mode", "gcrl", "--label_balance", "filter"],
+    "GC-RL (random)": ["--mode", "gcrl", "--label_balance", "random"],
+    "GC-RL (random + re-weight)": ["--mode", "gcrl", "--label_balance", "reweight"],
+    "GC-RL (filter + denoise)": ["--mode", "gcrl", "--label_balance", "filter", "--num_refinements", "1"],
+}
+COLUMNS = [("eval/accuracy", "generation acc."), ("eval/critique_accuracy", "critique acc. (balanced)"),
+           ("eval/critique_right_rate", '"right" rate')]
+
+
+def mean_se(xs):
+    if len(xs) < 2:
+        return f"{xs[0]:.3f}" if xs else "-"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max_steps", type=int, default=40)
+    p.add_argument("--eval_size", type=int, default=200)
+    p.add_argument("--quick", action="store_true", help="1 seed, 6 steps, 50 eval questions")
+    p.add_argument("--out", default=os.path.join("runs", "reproduce"))
+    p.add_argument("--num_threads", type=int, default=2)
+    a = p.parse_args()
+    if a.quick:
+        a.seeds, a.max_steps, a.eval_size = a.seeds[:1], 6, 50
+    torch.set_num_threads(a.num_threads)
+    os.makedirs(a.out, exist_ok=True)
+    results_path = os.path.join(a.out, "runs.jsonl")
+    open(results_path, "w").close()
+    t0 = time.time()
+    results = {arm: [] for arm in ARMS}
+    for seed in a.seeds:
+        common = ["--seed", str(seed), "--max_steps", str(a.max_steps), "--eval_size", str(a.eval_size),
+                  "--eval_steps", "0", "--device", "cpu"]
+        base = gcrl.parse_args(common + ["--output_dir", os.path.join(a.out, f"seed{seed}-coldstart")])
+        torch.manual_seed(seed)
+        model, tok = gcrl.load_model(base)
+        rows = gcrl.load_jsonl(base.dataset)
+        eval_rows = gcrl.load_jsonl(base.eval_dataset)[:a.eval_size]
+        examples = gcrl.cold_start_examples(base.cold_start, random.Random(seed))
+        gcrl.cold_start(model, tok, examples, base.cold_start_steps, base.cold_start_lr, random.Random(seed))
+        cold_dir = base.output_dir
+        model.save_pretrained(cold_dir)
+        tok.save_pretrained(cold_dir)
+        for arm, flags in ARMS.items():
+            from transformers import AutoModelForCausalLM
+            t = time.time()
+            args = gcrl.parse_args(common + (flags or ["--max_steps", "1"]) +
+                                   ["--output_dir", os.path.join(a.out, f"seed{seed}-{arm.replace(' ', '_')}")])
+            args.max_steps = a.max_steps if flags else 0
+            torch.manual_seed(seed)
+            policy = AutoModelForCausalLM.from_pretrained(cold_dir)
+            history = gcrl.train(policy, tok, rows, eval_rows, args, log=lambda *x: None)
+            final = {k: history[-1][k] for k, _ in COLUMNS if k in history[-1]}
+            if not flags:  # cold start only: the step-0 evaluation is the result
+                final = {k: history[0][k] for k, _ in COLUMNS}
+            line = {"arm": arm, "seed": seed, "steps": args.max_steps, "seconds": round(time.time() - t, 1), **final}
+            results[arm].append(final)
+            with open(results_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            print(json.dumps(line), flush=True)
+    print(f"\n{len(a.seeds)} seed(s) {a.seeds}, {a.max_steps} RL steps, {a.eval_size} eval questions; "
+          f"total wall time {time.time() - t0:.0f} s\n")
+    print("| arm | " + " | ".join(name for _, name in COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for arm, runs in results.items():
+        print(f"| {arm} | " + " | ".join(mean_se([r[k] for r in runs if k in r]) for k, _ in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
