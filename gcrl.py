@@ -297,8 +297,8 @@ def use_chat_template(tokenizer, model_name, setting="auto"):
     """Should prompts be wrapped with the chat template? Qwen2.5 *base* tokenizers ship a template
     too, so its presence alone does not make a chat model: auto also asks the name.
 
-    >>> use_chat_template(qwen_base_tok, "Qwen/Qwen2.5-0.5B"), use_chat_template(qwen_tok, "Qwen2.5-0.5B-Instruct")
-    (False, True)
+    E.g. with Qwen2.5 tokenizers (both have a template): "Qwen/Qwen2.5-0.5B" -> False,
+    "Qwen/Qwen2.5-0.5B-Instruct" -> True.
     """
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if setting == "on":
@@ -1158,7 +1158,9 @@ def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=N
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
-    encode = lambda exs: [(enc(render_prompt(tokenizer, p, chat)), enc(t) + [tokenizer.eos_token_id]) for p, t in exs]
+    # prompts tokenised as generate() does (BOS etc. unless a chat template holds them); targets plain
+    enc_prompt = lambda s: tokenizer(render_prompt(tokenizer, s, chat), add_special_tokens=not chat).input_ids
+    encode = lambda exs: [(enc_prompt(p), enc(t) + [tokenizer.eos_token_id]) for p, t in exs]
     data, first = encode(examples), encode(first_examples or [])
     model.train()
     loss = torch.tensor(float("nan"))
@@ -1229,8 +1231,14 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
     questions = {r["id"]: r for r in train_rows}
     eval_questions = {r["id"]: r for r in eval_rows}
     ref_model = None
-    if args.beta > 0:  # the frozen reference exists only when the KL term needs it
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if args.beta > 0:  # the frozen reference exists only when the KL term needs it: the starting policy
+        if resume is not None:  # ... which a checkpoint carries, since the policy has moved since
+            from transformers import AutoModelForCausalLM
+            ref_model = AutoModelForCausalLM.from_pretrained(os.path.join(resume["path"], "reference"))
+            ref_model = ref_model.to(next(model.parameters()).device)
+        else:
+            ref_model = copy.deepcopy(model)
+        ref_model.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     critiques_on = args.mode in ("critique", "gcrl")
     os.makedirs(args.output_dir, exist_ok=True)
@@ -1284,7 +1292,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
                  "critique_eval": critique_eval, "p_correct": p_correct, "nonfinite": nonfinite,
                  "python_rng": rng.getstate()}
         path = os.path.join(args.output_dir, f"checkpoint-{step}")
-        save_checkpoint(path, model, tokenizer, optimizer, state)
+        save_checkpoint(path, model, tokenizer, optimizer, state, ref_model)
         return path
 
     stop = {"signal": None}
@@ -1365,7 +1373,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
                                     "kind": "critique"})
                     rewards.append(r)
                     # mixed group (choice): critiques join their question's group; or one group per pair
-                    groups.append(q if args.group_by == "question" else len(questions) + j // mc)  # ids > any question's
+                    groups.append(q if args.group_by == "question" else max(questions) + 1 + j // mc)  # > any question id
                     hits.append(verdict == ("correct" if ok else "wrong"))
                 crit_rewards = rewards[-len(hits):]
                 m["critique/reward"] = sum(crit_rewards) / len(crit_rewards)
@@ -1437,14 +1445,17 @@ def restore_stop_handlers(handlers):
         signal.signal(s, h)
 
 
-def save_checkpoint(path, model, tokenizer, optimizer, state):
-    """output_dir/checkpoint-STEP: model + tokenizer (from_pretrained loads them) and trainer_state.pt
-    (optimizer, RNG states, question-response cache, step). Written to path.tmp, then renamed, so a
-    kill at any moment leaves every earlier checkpoint whole and never a half-written one."""
+def save_checkpoint(path, model, tokenizer, optimizer, state, ref_model=None):
+    """output_dir/checkpoint-STEP: model + tokenizer (from_pretrained loads them), trainer_state.pt
+    (optimizer, RNG states, question-response cache, step) and, when beta > 0, reference/ (the KL
+    anchor). Written to path.tmp, then renamed, so a kill at any moment leaves every earlier
+    checkpoint whole and never a half-written one."""
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if ref_model is not None:
+        ref_model.save_pretrained(os.path.join(tmp, "reference"))
     state = {**state, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save(state, os.path.join(tmp, "trainer_state.pt"))
@@ -1465,7 +1476,7 @@ def load_checkpoint(path):
     state_file = os.path.join(path, "trainer_state.pt")
     if not os.path.isfile(state_file):
         raise SystemExit(f"error: --resume: {path!r} has no trainer_state.pt (not a gcrl checkpoint)")
-    return torch.load(state_file, map_location="cpu", weights_only=False)
+    return {**torch.load(state_file, map_location="cpu", weights_only=False), "path": path}
 
 
 def read_metrics(path):
@@ -1486,13 +1497,13 @@ def main(argv=None):
     eval_rows = load_jsonl(args.eval_dataset)
     if args.eval_size:
         eval_rows = eval_rows[:args.eval_size]
-    resume = None
+    resume, model_name = None, args.model  # the name decides the chat template, also on resume
     if args.resume:
         path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
         resume = load_checkpoint(path)
         args.model, args.cold_start = path, None  # weights and tokenizer come from the checkpoint
     model, tokenizer = load_model(args)
-    args.chat = use_chat_template(tokenizer, args.model, args.chat_template)
+    args.chat = use_chat_template(tokenizer, model_name, args.chat_template)
     example = render_prompt(tokenizer, solve_prompt(train_rows[0]["question"]), args.chat)
     print(f"prompts: {'chat template' if args.chat else 'plain text'} (--chat_template {args.chat_template}); "
           f"the first question renders as:\n{example}")
@@ -1522,7 +1533,7 @@ def main(argv=None):
     if end.get("stopped") == "nonfinite":
         raise SystemExit(f"error: {args.max_nonfinite_steps} steps in a row had a non-finite loss or gradient; "
                          f"stopped at step {end['step']} (checkpoint saved). Try a lower --learning_rate.")
-    if end.get("stopped"):
+    if end.get("stopped") and end["step"] < args.max_steps:
         return history  # interrupted: the checkpoint and how to resume were printed; exit 0
     model.save_pretrained(args.output_dir)  # beside metrics.jsonl; from_pretrained(output_dir) loads it
     tokenizer.save_pretrained(args.output_dir)

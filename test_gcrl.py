@@ -664,10 +664,11 @@ def test_checkpoint_reload_gives_identical_logprobs(tmp_path, tok, warm_model):
     assert torch.equal(a, b)
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, tok, warm_model, easy_rows):
+@pytest.mark.parametrize("extra", [[], ["--beta", "0.05", "--group_by", "prompt"]])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, tok, warm_model, easy_rows, extra):
     from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
-    args = make_args(tmp_path, "--max_steps", "4", "--save_steps", "2")
+    args = make_args(tmp_path, "--max_steps", "4", "--save_steps", "2", *extra)
     full = gcrl.train(copy.deepcopy(warm_model), tok, easy_rows, easy_rows, args, log=lambda *a: None)
     # a crash after step 4's metrics but before any later checkpoint: resume from checkpoint-2
     path = gcrl.latest_checkpoint(args.output_dir)
