@@ -171,6 +171,9 @@ def check_args(parser, args, argv):
                                   "--cache_size") if any(a == f or a.startswith(f + "=") for a in argv)]
     if args.mode == "grpo" and critique_flags:
         parser.error(f"{critique_flags[0]} has no effect with --mode grpo (no critiques); use --mode gcrl or critique")
+    cache_flags = [f for f in critique_flags if f in ("--label_balance", "--cache_size")]
+    if args.mode == "critique" and cache_flags:
+        parser.error(f"{cache_flags[0]} has no effect with --mode critique (its static set is always balanced)")
     if args.mode == "grpo" and (args.train_batch_size * args.num_generations) % args.steps_per_generation:
         parser.error(f"--steps_per_generation {args.steps_per_generation} does not divide the "
                      f"{args.train_batch_size * args.num_generations} responses of a step")
@@ -1219,13 +1222,15 @@ def evaluate(model, tokenizer, eval_rows, critique_set, questions, args):
 
 
 # ============================================================================ 12. Training loop
-def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None):
+def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None, stop=None):
     """RL: every step does first-order rollout -> filter/cache -> second-order rollout -> rewards
     -> mixed-group advantages -> GRPO update. Returns the list of metrics dicts (one per step).
 
     resume: the trainer state of a checkpoint (load_checkpoint); the run then continues exactly as
-    if it had not stopped. SIGINT/SIGTERM finish the current step, write a checkpoint and return.
+    if it had not stopped. stop: a dict whose "signal" a handler sets (install_stop_handlers); once
+    set, the current step finishes, a checkpoint is written and train returns.
     """
+    stop = stop if stop is not None else {"signal": None}
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id
     questions = {r["id"]: r for r in train_rows}
@@ -1257,10 +1262,12 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
             f.write(json.dumps(m) + "\n")
 
     # The data order is a function of the seed alone, so a resumed run sees the same questions.
-    order = train_rows[:]
-    rng.shuffle(order)
-    schedule = [order[(s * args.train_batch_size + i) % len(order)]
-                for s in range(args.max_steps) for i in range(args.train_batch_size)]
+    schedule = []
+    while len(schedule) < args.max_steps * args.train_batch_size:  # a fresh shuffle per epoch
+        epoch = train_rows[:]
+        rng.shuffle(epoch)
+        schedule += epoch
+    schedule = schedule[:args.max_steps * args.train_batch_size]
     if resume is None:
         # Balanced critique eval set, built once from the starting policy (1 right + 1 wrong per question).
         critique_eval = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
@@ -1295,8 +1302,6 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
         save_checkpoint(path, model, tokenizer, optimizer, state, ref_model)
         return path
 
-    stop = {"signal": None}
-    handlers = install_stop_handlers(stop)
     bar = tqdm(range(start, args.max_steps + 1), desc=f"{args.mode}", dynamic_ncols=True, initial=start - 1,
                total=args.max_steps)
     for step in bar:
@@ -1315,8 +1320,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
             correct = [verify(txt, batch[i // args.num_generations]["answer"]) for i, txt in enumerate(gen["texts"])]
             m["time/reward"] = time.time() - t
             for i, ok in enumerate(correct):
-                samples.append({"prompt_ids": gen["prompt_ids"][i], "completion_ids": gen["completion_ids"][i],
-                                "kind": "response"})
+                samples.append({"prompt_ids": gen["prompt_ids"][i], "completion_ids": gen["completion_ids"][i]})
                 rewards.append(float(ok))
                 groups.append(batch[i // args.num_generations]["id"])
             acc = sum(correct) / len(correct)
@@ -1344,7 +1348,8 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
                 pairs, static_pool = static_pool[:args.critique_batch_size], static_pool[args.critique_batch_size:]
             else:
                 pairs = sample_from_cache(cache, args.critique_batch_size, rng)
-            m["cache/size"] = len(cache)
+            if args.mode == "gcrl":
+                m["cache/size"] = len(cache)
             m["critique/pairs"] = len(pairs)
             if pairs:
                 mc = args.num_critiques
@@ -1369,8 +1374,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
                     r = critique_reward(verdict, ok, args.critique_reward_right, args.critique_reward_wrong, p)
                     if votes is not None:
                         r += denoise_reward(verdict, votes[j], args.denoise_weight_right, args.denoise_weight_wrong)
-                    samples.append({"prompt_ids": crit["prompt_ids"][j], "completion_ids": crit["completion_ids"][j],
-                                    "kind": "critique"})
+                    samples.append({"prompt_ids": crit["prompt_ids"][j], "completion_ids": crit["completion_ids"][j]})
                     rewards.append(r)
                     # mixed group (choice): critiques join their question's group; or one group per pair
                     groups.append(q if args.group_by == "question" else max(questions) + 1 + j // mc)  # > any question id
@@ -1421,7 +1425,6 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None)
                 log(f"stopped at step {step} ({m['stopped']}); checkpoint: {path}\n"
                     f"resume with the same command plus: --resume {path}")
                 break
-    restore_stop_handlers(handlers)
     return history
 
 
@@ -1528,7 +1531,12 @@ def main(argv=None):
                           chat=args.chat)
         print(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, "
               f"final loss {loss:.3f}, {time.time() - t:.0f} s")
-    history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write, resume=resume)
+    stop = {"signal": None}
+    handlers = install_stop_handlers(stop)
+    try:
+        history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write, resume=resume, stop=stop)
+    finally:
+        restore_stop_handlers(handlers)
     end = history[-1]
     if end.get("stopped") == "nonfinite":
         raise SystemExit(f"error: {args.max_nonfinite_steps} steps in a row had a non-finite loss or gradient; "

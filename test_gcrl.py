@@ -74,6 +74,7 @@ def test_defaults_follow_trl_names_and_fill_in():
     (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--steps_per_generation", "2"],
      "does not divide the 9 responses"),
     (["--temperature", "0"], "--temperature must be positive"),
+    (["--mode", "critique", "--label_balance", "random"], "--label_balance has no effect with --mode critique"),
 ])
 def test_impossible_settings_fail_with_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
