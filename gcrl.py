@@ -1052,16 +1052,13 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
     # with one iteration and one mini-batch they equal the current ones, detached: no extra pass.
     on_policy = args.num_iterations == 1 and args.steps_per_generation == 1
     t0 = time.time()
+    frozen = ([("old_logp", model)] if not on_policy else []) + ([("ref_logp", ref_model)] if ref_model is not None else [])
     with torch.no_grad():
         for mb in micro_batches(samples, args.per_device_train_batch_size):
-            if not on_policy:
-                lp, cm = batch_logprobs(model, mb, pad_id, device, args.temperature)
+            for key, m in frozen:  # each sample keeps its own unpadded row
+                lp, cm = batch_logprobs(m, mb, pad_id, device, args.temperature)
                 for s, row, n in zip(mb, lp, cm.sum(1).tolist()):
-                    s["old_logp"] = row[:n].cpu()
-            if ref_model is not None:
-                lp, cm = batch_logprobs(ref_model, mb, pad_id, device, args.temperature)
-                for s, row, n in zip(mb, lp, cm.sum(1).tolist()):
-                    s["ref_logp"] = row[:n].cpu()
+                    s[key] = row[:n].cpu()
     stats["time_logprobs"] = time.time() - t0
     for _ in range(args.num_iterations):
         order = samples[:]
