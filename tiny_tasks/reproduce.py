@@ -10,7 +10,10 @@ questions with the same step budget; only the method differs:
   GC-RL with the filter + vote denoising (Eq. 4, one refinement per critique, as the paper)
 Writes one JSONL line per run (final metrics) to --out and prints a markdown table of
 mean +- standard error over seeds: greedy generation accuracy, balanced critique accuracy, the
-critic's rate of "right" verdicts, plus the total wall time.
+critic's rate of "right" verdicts, plus the total wall time. Then the paper's claims as paired
+contrasts: the difference between two arms within each seed (both start from that seed's
+cold-started model), mean +- standard error over seeds, so cold-start luck cancels out.
+    python tiny_tasks/reproduce.py --from_runs runs/reproduce/runs.jsonl   # tables only, no training
 """
 import argparse
 import json
@@ -37,12 +40,53 @@ ARMS = {
 }
 COLUMNS = [("eval/accuracy", "generation acc."), ("eval/critique_accuracy", "critique acc. (balanced)"),
            ("eval/critique_right_rate", '"right" rate')]
+# (arm A, arm B, metric): the paper expects A > B (Table 1, Table 2, section 5.2)
+CONTRASTS = [("GC-RL (filter)", "G-RL", "eval/accuracy"),
+             ("GC-RL (filter)", "C-RL", "eval/critique_accuracy"),
+             ("GC-RL (filter)", "GC-RL (random)", "eval/accuracy"),
+             ("GC-RL (filter)", "GC-RL (random)", "eval/critique_accuracy"),
+             ("GC-RL (random + re-weight)", "GC-RL (random)", "eval/accuracy"),
+             ("GC-RL (random + re-weight)", "GC-RL (random)", "eval/critique_accuracy"),
+             ("GC-RL (filter)", "GC-RL (random + re-weight)", "eval/accuracy"),
+             ("GC-RL (filter)", "GC-RL (random + re-weight)", "eval/critique_accuracy"),
+             ("GC-RL (filter + denoise)", "GC-RL (filter)", "eval/accuracy"),
+             ("GC-RL (filter + denoise)", "GC-RL (filter)", "eval/critique_accuracy")]
 
 
-def mean_se(xs):
+def mean_se(xs, sign=""):
     if len(xs) < 2:
-        return f"{xs[0]:.3f}" if xs else "-"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
+        return f"{xs[0]:{sign}.3f}" if xs else "-"
+    return f"{statistics.mean(xs):{sign}.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
+
+
+def paired_differences(lines, a, b, key):
+    """Per seed, arm a's metric minus arm b's: [(seed, difference)] over the seeds that ran both.
+
+    >>> paired_differences([{"arm": "x", "seed": 0, "m": 0.5}, {"arm": "y", "seed": 0, "m": 0.4}], "x", "y", "m")
+    [(0, 0.09999999999999998)]
+    """
+    by = {(r["arm"], r["seed"]): r for r in lines}
+    seeds = sorted({r["seed"] for r in lines})
+    return [(s, by[(a, s)][key] - by[(b, s)][key]) for s in seeds
+            if key in by.get((a, s), {}) and key in by.get((b, s), {})]
+
+
+def print_tables(lines):
+    """The markdown tables: mean +- SE per arm, then the paired contrasts."""
+    print("| arm | " + " | ".join(name for _, name in COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for arm in ARMS:
+        runs = [r for r in lines if r["arm"] == arm]
+        if runs:
+            print(f"| {arm} | " + " | ".join(mean_se([r[k] for r in runs if k in r]) for k, _ in COLUMNS) + " |")
+    names = dict(COLUMNS)
+    print("\n| paired contrast (same seed) | metric | A - B, mean ± SE | per seed |")
+    print("|---|---|---|---|")
+    for a, b, key in CONTRASTS:
+        diffs = paired_differences(lines, a, b, key)
+        if diffs:
+            per_seed = ", ".join(f"{d:+.3f}" for _, d in diffs)
+            print(f"| {a} - {b} | {names[key]} | {mean_se([d for _, d in diffs], '+')} | {per_seed} |")
 
 
 def main():
@@ -53,7 +97,13 @@ def main():
     p.add_argument("--quick", action="store_true", help="1 seed, 6 steps, 50 eval questions")
     p.add_argument("--out", default=os.path.join("runs", "reproduce"))
     p.add_argument("--num_threads", type=int, default=2)
+    p.add_argument("--from_runs", default=None, help="print the tables of an earlier runs.jsonl, train nothing")
     a = p.parse_args()
+    if a.from_runs:
+        with open(a.from_runs) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        print(f"{len(lines)} runs from {a.from_runs}: seeds {sorted({r['seed'] for r in lines})}\n")
+        return print_tables(lines)
     if a.quick:
         a.seeds, a.max_steps, a.eval_size = a.seeds[:1], 6, 50
     torch.set_num_threads(a.num_threads)
@@ -61,7 +111,7 @@ def main():
     results_path = os.path.join(a.out, "runs.jsonl")
     open(results_path, "w").close()
     t0 = time.time()
-    results = {arm: [] for arm in ARMS}
+    lines = []
     for seed in a.seeds:
         common = ["--seed", str(seed), "--max_steps", str(a.max_steps), "--eval_size", str(a.eval_size),
                   "--eval_steps", "0", "--device", "cpu"]
@@ -88,16 +138,13 @@ def main():
             if not flags:  # cold start only: the step-0 evaluation is the result
                 final = {k: history[0][k] for k, _ in COLUMNS}
             line = {"arm": arm, "seed": seed, "steps": args.max_steps, "seconds": round(time.time() - t, 1), **final}
-            results[arm].append(final)
+            lines.append(line)
             with open(results_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
             print(json.dumps(line), flush=True)
     print(f"\n{len(a.seeds)} seed(s) {a.seeds}, {a.max_steps} RL steps, {a.eval_size} eval questions; "
           f"total wall time {time.time() - t0:.0f} s\n")
-    print("| arm | " + " | ".join(name for _, name in COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for arm, runs in results.items():
-        print(f"| {arm} | " + " | ".join(mean_se([r[k] for r in runs if k in r]) for k, _ in COLUMNS) + " |")
+    print_tables(lines)
 
 
 if __name__ == "__main__":
