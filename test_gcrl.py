@@ -740,3 +740,40 @@ def test_zero_variance_step_leaves_weights_and_adam_state_intact(tok, warm_model
     assert torch.equal(before, _params(model)) and m["loss"] == 0.0 and math.isfinite(m["grad_norm"])
     after = opt.state_dict()["state"]
     assert all(torch.equal(state["state"][k]["exp_avg"], after[k]["exp_avg"]) for k in after)
+
+
+# ---------------------------------------------------------------------------- tiny_tasks scripts
+def _tiny_task_script(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, f"tiny_tasks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_pairs_arms_within_a_seed_and_skips_seeds_missing_one():
+    reproduce = _tiny_task_script("reproduce")
+    lines = [{"arm": "A", "seed": 0, "m": 0.50}, {"arm": "B", "seed": 0, "m": 0.40},
+             {"arm": "A", "seed": 1, "m": 0.30}, {"arm": "B", "seed": 1, "m": 0.35},
+             {"arm": "A", "seed": 2, "m": 0.90}]  # seed 2 has no B: not paired
+    diffs = reproduce.paired_differences(lines, "A", "B", "m")
+    assert [s for s, _ in diffs] == [0, 1]
+    assert diffs[0][1] == pytest.approx(0.10) and diffs[1][1] == pytest.approx(-0.05)
+    assert reproduce.mean_se([d for _, d in diffs], "+").startswith("+0.025 ± ")
+
+
+def test_critic_study_formats_compare_right_aligned_digits_and_parse_back():
+    study = _tiny_task_script("critic_study")
+    text = study.critique_text("digit_check", "9+6=15,9+9+1=19,195", "195", "95", False)
+    assert text == "Recomputed: 9+6=15,9+9+1=19,195 vs 95\nCheck: 1!=_,9=9,5=5\nConclusion: wrong [END]"
+    assert study.recomputed_answer(text) == "195" and gcrl.parse_verdict(text) == "wrong"
+    plain = study.critique_text("recompute", "7+8=15,4+3+1=8,85", "85", "85", True)
+    assert study.recomputed_answer(plain) == "85" and gcrl.parse_verdict(plain) == "correct"
+
+
+def test_critic_study_held_out_rows_get_a_right_and_a_slipped_solution():
+    study = _tiny_task_script("critic_study")
+    rows = study.with_worked_solutions([{"question": "47+38", "answer": "85"}, {"question": "29-33", "answer": "-4"}],
+                                       random.Random(0))
+    for r in rows:
+        assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])

@@ -1,0 +1,191 @@
+"""Why the tiny critic sits at chance: cold-start variants of the critique format, each measured.
+
+    python tiny_tasks/critic_study.py            # 5 variants, seed 0 (about 32 min on 2 cores)
+    python tiny_tasks/critic_study.py --variants "current recipe" longer      # a subset
+
+Issue 4 asks for a tiny setting in which critique is learnable (>= 75 % balanced accuracy). A
+critique here re-derives the answer, then gives a verdict; it can fail in two places, so each
+variant is scored on both, on a 1:1 balanced set of the model's own right/wrong responses to
+held-out questions (as gcrl's evaluation builds it), greedy decoding:
+  recompute ok (right / wrong resp.)  the critique's re-derived answer is the true answer,
+                                      when the response it reads is right / wrong
+  copied wrong answer                 on wrong responses: the re-derived answer equals the
+                                      response's own (wrong) answer, i.e. the critic copied it
+  verdict follows own comparison      the verdict says "right" exactly when its re-derived
+                                      answer equals the response's answer
+  forced verdict (seen / new)         the warm-up critique itself, given up to its verdict, on
+                                      warm-up questions / on held-out ones: does the verdict
+                                      compare the two answers, or recall the question?
+Variants (same data, same model, only the critique text and the cold-start budget differ):
+  current recipe   gcrl's cold start: 800 steps, 3/4 solve-only, 'Recomputed: <steps>'
+  longer           1200 steps, 1/2 solve-only, critique examples counted twice
+  side by side     as longer, the answers written next to each other: '..., 85 vs 95'
+  digit check      as side by side, plus a digit-by-digit check: 'Check: 8!=9,5=5'
+  verdict drill    as side by side, plus each critique again with only its verdict as the target,
+                   so the comparison gets a whole example's loss rather than 1 token of ~35
+Not a test: it prints a table and writes one JSONL line per variant to --out.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gcrl  # noqa: E402
+
+# name -> (critique format, cold-start steps, fraction of steps solve-only, copies of each critique example)
+VARIANTS = {
+    "current recipe": ("recompute", 800, 0.75, 1),
+    "longer": ("recompute", 1200, 0.5, 2),
+    "side by side": ("side_by_side", 1200, 0.5, 2),
+    "digit check": ("digit_check", 1200, 0.5, 2),
+    "verdict drill": ("side_by_side+drill", 1200, 0.5, 2),
+}
+
+
+def critique_text(fmt, steps, gold, given, ok):
+    """The warm-up critique of a response whose final answer is `given` (gold: the true answer)."""
+    verdict = "\nConclusion: " + ("right" if ok else "wrong") + " [END]"
+    fmt = fmt.split("+")[0]
+    if fmt == "recompute":  # what gcrl.tiny_cold_start_examples writes
+        return "Recomputed: " + steps + verdict
+    text = "Recomputed: " + steps + " vs " + given
+    if fmt == "digit_check":  # right-aligned digits, each pair compared next to each other
+        w = max(len(gold), len(given))
+        text += "\nCheck: " + ",".join(a + ("=" if a == b else "!=") + b
+                                       for a, b in zip(gold.rjust(w, "_"), given.rjust(w, "_")))
+    return text + verdict
+
+
+def warmup_examples(rows, fmt, critique_copies):
+    examples = []
+    for row in rows:
+        q, gold, right = row["question"], row["answer"], row["solution"]
+        steps = right.replace("\\boxed{" + gold + "}", gold)
+        examples.append((gcrl.solve_prompt(q), right))
+        for response, ok in ((right, True), (row["wrong_solution"], False)):
+            crit = critique_text(fmt, steps, gold, gcrl.extract_boxed(response) or "", ok)
+            examples += [(gcrl.critique_prompt(q, response), crit)] * critique_copies
+            if fmt.endswith("+drill"):  # the verdict alone as the target: its loss is not 1 token of ~35
+                head, verdict = crit.rsplit("\n", 1)
+                examples += [(gcrl.critique_prompt(q, response) + head, "\n" + verdict)] * critique_copies
+            examples.append((gcrl.refine_prompt(q, response, crit), right))
+    return examples
+
+
+def recomputed_answer(critique):
+    """'Recomputed: 7+8=15,4+3+1=8,85 vs 95\\n...' -> '85' (the last field before ' vs ' / newline)."""
+    head = critique.split("\n")[0].split(" vs ")[0]
+    return head.rsplit(",", 1)[-1].strip()
+
+
+def with_worked_solutions(rows, rng):
+    """Held-out questions ('47+38') with a worked right and a slipped wrong solution, as in the warm-up."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_tasks
+    random.seed(rng.random())  # make_tasks' 'copy' slip draws from the module-level generator
+    out = []
+    for r in rows:
+        a, op, b = int(r["question"][:2]), r["question"][2], int(r["question"][3:])
+        right, answer = make_tasks.worked_solution(a, op, b)
+        wrong, wrong_answer = right, answer
+        while wrong_answer == answer:
+            wrong, wrong_answer = make_tasks.worked_solution(a, op, b, rng.choice(["carry", "fact", "copy"]))
+        out.append({**r, "solution": right, "wrong_solution": wrong})
+    return out
+
+
+@torch.no_grad()
+def teacher_forced_verdicts(model, tok, rows, fmt):
+    """Verdict accuracy when the warm-up critique itself is given up to its verdict (right steps, both
+    answers): 1.0 if the model compares the answers, ~0.5 if it cannot, on questions it never saw."""
+    hits = total = 0
+    for row in rows:
+        q, gold = row["question"], row["answer"]
+        steps = row["solution"].replace("\\boxed{" + gold + "}", gold)
+        for response, ok in ((row["solution"], True), (row["wrong_solution"], False)):
+            head = critique_text(fmt, steps, gold, gcrl.extract_boxed(response) or "", ok).rsplit("\n", 1)[0]
+            ids = tok(gcrl.critique_prompt(q, response) + head + "\n", return_tensors="pt").input_ids
+            verdict = gcrl.parse_verdict(tok.decode([model(input_ids=ids).logits[0, -1].argmax().item()]))
+            hits += verdict == ("correct" if ok else "wrong")
+            total += 1
+    return hits / total
+
+
+def study(name, fmt, steps, solve_frac, copies, args, seed):
+    tok = gcrl.build_tiny_tokenizer()
+    model = gcrl.build_tiny_model(tok, seed=seed)
+    examples = warmup_examples(gcrl.load_jsonl(args.cold_start), fmt, copies)
+    solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
+    t = time.time()
+    gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
+             first_examples=solve, first_steps=int(steps * solve_frac))
+    rows = gcrl.load_jsonl(args.eval_dataset)[:args.eval_size]
+    for i, r in enumerate(rows):
+        r["id"] = i
+    questions = {r["id"]: r for r in rows}
+    pairs = gcrl.build_balanced_pairs(model, tok, rows, 8, args, random.Random(seed + 1))
+    m = gcrl.evaluate(model, tok, rows, [], questions, args)  # generation accuracy; critiques below
+    crit = gcrl.generate(model, tok, [gcrl.critique_prompt(questions[q]["question"], r) for q, r, _ in pairs], 1,
+                         args.max_completion_length, greedy=True)
+    n = {True: 0, False: 0}
+    ok_rec = {True: 0, False: 0}
+    copied = follows = judged = hits = says_right = 0
+    for (q, response, right), text in zip(pairs, crit["texts"]):
+        rec, given, verdict = recomputed_answer(text), gcrl.extract_boxed(response), gcrl.parse_verdict(text)
+        n[right] += 1
+        hits += verdict == ("correct" if right else "wrong")  # the set is 1:1, so this is balanced accuracy
+        says_right += verdict == "correct"
+        ok_rec[right] += rec == questions[q]["answer"]
+        copied += (not right) and rec == given
+        if verdict is not None:
+            judged += 1
+            follows += (verdict == "correct") == (rec == given)
+    seen = gcrl.load_jsonl(args.cold_start)[:len(rows)]
+    forced_seen = teacher_forced_verdicts(model, tok, seen, fmt)
+    forced_new = teacher_forced_verdicts(model, tok, with_worked_solutions(rows, random.Random(seed)), fmt)
+    return {"variant": name, "seed": seed, "cold_start_steps": steps, "seconds": round(time.time() - t),  # + evaluation
+            "forced_verdict_seen": forced_seen, "forced_verdict_new": forced_new,
+            "generation_acc": m["eval/accuracy"], "critique_acc_balanced": hits / max(1, len(pairs)),
+            "right_rate": says_right / max(1, len(pairs)), "pairs": len(pairs),
+            "recompute_ok_right": ok_rec[True] / max(1, n[True]),
+            "recompute_ok_wrong": ok_rec[False] / max(1, n[False]),
+            "copied_wrong_answer": copied / max(1, n[False]), "verdict_follows_comparison": follows / max(1, judged)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval_size", type=int, default=200)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", default=os.path.join("runs", "critic_study"))
+    p.add_argument("--num_threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.num_threads)
+    os.makedirs(a.out, exist_ok=True)
+    args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu"])
+    args.chat = False
+    t0 = time.time()
+    results = []
+    for name in a.variants:
+        torch.manual_seed(a.seed)
+        r = study(name, *VARIANTS[name], args, a.seed)
+        results.append(r)
+        with open(os.path.join(a.out, "study.jsonl"), "a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(json.dumps(r), flush=True)
+    cols = ["generation_acc", "critique_acc_balanced", "right_rate", "recompute_ok_right", "recompute_ok_wrong",
+            "copied_wrong_answer", "verdict_follows_comparison", "forced_verdict_seen", "forced_verdict_new"]
+    print(f"\nseed {a.seed}, {a.eval_size} eval questions, total wall time {time.time() - t0:.0f} s\n")
+    print("| variant | steps | " + " | ".join(c.replace("_", " ") for c in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for r in results:
+        print(f"| {r['variant']} | {r['cold_start_steps']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
