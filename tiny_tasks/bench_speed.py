@@ -7,13 +7,16 @@ the same work. Not a test: it prints figures.
 The work (issue 5): a tiny Qwen2 (hidden 128, intermediate 256, 4 layers, 4 heads, 2 KV heads,
 ~0.6 M parameters, character tokenizer), 8 prompts x 8 generations per step, 16 new tokens,
 temperature 1.0, beta 0, one torch thread, 20 steps; reward = gcrl.verify against the answer.
-Both start from the same supervised model (600 SFT steps on direct answers, saved to a
-temporary directory), so rewards vary and every step does a real update: a random model earns
-reward 0 everywhere, and gcrl skips an update whose advantages are all 0 while TRL does not,
-which would not be the same work. Each implementation runs in its own process, so each peak RSS
-is its own. Reported: median seconds per step over steps 3-20, peak RSS, and the ratio
-gcrl / TRL. GC-RL runs with --label_balance random so that every step critiques the same number
-of pairs; its sampled tokens per second are printed next to G-RL's.
+Both start from the same supervised model (gcrl's 600-step cold start on direct answers in
+all three formats, saved to a temporary directory), so rewards vary and every step does a real
+update: a random model earns reward 0 everywhere, and gcrl skips an update whose advantages are
+all 0 while TRL does not, which would not be the same work. Each implementation runs in its own
+process, so each peak RSS is its own. Reported: median seconds per step over steps 3-20, peak
+RSS, and the ratio gcrl / TRL. GC-RL runs with --label_balance random so that every step critiques the same number
+of pairs; its sampled tokens per second are printed next to G-RL's. Timings on a shared machine
+drift, so each implementation runs --repeat times (default 5), in rounds (G-RL, GC-RL, TRL, then
+again), and every figure is the median over rounds with its min-max; a ratio is taken within each
+round, then its median, so slow and fast spells of the machine cancel.
 """
 import argparse
 import json
@@ -31,7 +34,14 @@ STEPS, PROMPTS, GENERATIONS, NEW_TOKENS = 20, 8, 8, 16
 
 
 def warm_model(path):
-    """The shared starting point: the tiny model after 600 SFT steps on direct answers."""
+    """The shared starting point: the tiny model after gcrl's cold start (600 steps) on direct answers.
+
+    Direct answers ('\\boxed{85}'), because worked solutions (~20 tokens) would not fit in 16 new
+    tokens; all three formats, so GC-RL's critiques are real ones ('Recomputed: 85' + verdict):
+    a critic never taught the format writes junk of random length, and generate() then decodes every
+    critique until the longest stops (measured with a solve-only warm-up: 6.8 critique tokens per
+    sequence on average, 16 decode steps per call; GC-RL's sampled tokens/s were 0.73 x G-RL's).
+    """
     import random
     import torch
     sys.path.insert(0, ROOT)
@@ -39,12 +49,10 @@ def warm_model(path):
     torch.set_num_threads(1)
     tok = gcrl.build_tiny_tokenizer()
     model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
-    # direct answers ('\\boxed{85}'): the worked solutions (~20 tokens) would not fit in 16 new tokens
     rows = [{"question": r["question"], "answer": r["answer"]}
             for r in gcrl.load_jsonl(os.path.join(HERE, "arith_coldstart.jsonl"))]
     examples = gcrl.tiny_cold_start_examples(rows, random.Random(0))
-    solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
-    gcrl.sft(model, tok, solve, 600, 3e-3, 64, random.Random(0))
+    gcrl.cold_start(model, tok, examples, 600, 3e-3, random.Random(0))
     model.save_pretrained(path)
     tok.save_pretrained(path)
 
@@ -132,35 +140,53 @@ def spawn(python, impl, model_dir):
     raise SystemExit(f"error: the {impl} run failed:\n{proc.stderr[-3000:]}")
 
 
+def spread(results, key, fmt=".3f"):
+    """'0.145 (0.139-0.150)': median over rounds, then min-max."""
+    xs = [r[key] for r in results]
+    return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
+
+
+def median_ratio(a, b, key):
+    return statistics.median(x[key] / y[key] for x, y in zip(a, b))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trl_python", default=None, help="a python that can import trl (default: this one, if it can)")
+    p.add_argument("--repeat", type=int, default=5, help="rounds: each implementation runs this many times")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         return child(a.child, a.model_dir)
+    if a.repeat < 1:
+        p.error("--repeat must be at least 1")
+    trl_python = a.trl_python or sys.executable
+    has_trl = subprocess.run([trl_python, "-c", "import trl"], capture_output=True).returncode == 0
     tmp = tempfile.TemporaryDirectory()
     model_dir = tmp.name
     spawn(sys.executable, "warm", model_dir)
-    grpo = spawn(sys.executable, "grpo", model_dir)
-    gc = spawn(sys.executable, "gcrl", model_dir)
-    print(f"gcrl G-RL : {grpo['s_per_step']:.3f} s/step (median, steps 3-{STEPS}), peak RSS {grpo['peak_rss_mb']:.0f} MB, "
-          f"{grpo['tokens_per_second']:.0f} sampled tokens/s, mean reward {grpo['mean_reward']:.3f}, "
-          f"steps updated {grpo['frac_steps_updated']:.2f}")
-    print(f"gcrl GC-RL: {gc['s_per_step']:.3f} s/step, peak RSS {gc['peak_rss_mb']:.0f} MB, "
-          f"{gc['tokens_per_second']:.0f} sampled tokens/s "
-          f"({gc['tokens_per_second'] / grpo['tokens_per_second']:.2f} x G-RL's)")
-    trl_python = a.trl_python or sys.executable
-    has_trl = subprocess.run([trl_python, "-c", "import trl"], capture_output=True).returncode == 0
+    runs = {"grpo": [], "gcrl": [], "trl": []}
+    for _ in range(a.repeat):
+        runs["grpo"].append(spawn(sys.executable, "grpo", model_dir))
+        runs["gcrl"].append(spawn(sys.executable, "gcrl", model_dir))
+        if has_trl:
+            runs["trl"].append(spawn(trl_python, "trl", model_dir))
+    grpo, gc, trl = runs["grpo"], runs["gcrl"], runs["trl"]
+    print(f"{a.repeat} round(s); each figure: median (min-max) over rounds; s/step is the median of steps 3-{STEPS}")
+    print(f"gcrl G-RL : {spread(grpo, 's_per_step')} s/step, peak RSS {spread(grpo, 'peak_rss_mb', '.0f')} MB, "
+          f"{spread(grpo, 'tokens_per_second', '.0f')} sampled tokens/s, mean reward {spread(grpo, 'mean_reward')}, "
+          f"steps updated {spread(grpo, 'frac_steps_updated', '.2f')}")
+    print(f"gcrl GC-RL: {spread(gc, 's_per_step')} s/step, peak RSS {spread(gc, 'peak_rss_mb', '.0f')} MB, "
+          f"{spread(gc, 'tokens_per_second', '.0f')} sampled tokens/s "
+          f"({median_ratio(gc, grpo, 'tokens_per_second'):.2f} x G-RL's)")
     if not has_trl:
         print("TRL: not importable by", trl_python, "- skipped (install trl in a separate venv, pass --trl_python)")
         return
-    trl = spawn(trl_python, "trl", model_dir)
-    print(f"TRL GRPOTrainer: {trl['s_per_step']:.3f} s/step, peak RSS {trl['peak_rss_mb']:.0f} MB, "
-          f"mean reward {trl['mean_reward']:.3f}, steps with grad_norm > 0 {trl['frac_steps_updated']:.2f}")
-    print(f"ratio gcrl G-RL / TRL: {grpo['s_per_step'] / trl['s_per_step']:.2f} (time), "
-          f"{grpo['peak_rss_mb'] / trl['peak_rss_mb']:.2f} (peak RSS)")
+    print(f"TRL GRPOTrainer: {spread(trl, 's_per_step')} s/step, peak RSS {spread(trl, 'peak_rss_mb', '.0f')} MB, "
+          f"mean reward {spread(trl, 'mean_reward')}, steps with grad_norm > 0 {spread(trl, 'frac_steps_updated', '.2f')}")
+    print(f"ratio gcrl G-RL / TRL: {median_ratio(grpo, trl, 's_per_step'):.2f} (time), "
+          f"{median_ratio(grpo, trl, 'peak_rss_mb'):.2f} (peak RSS)")
 
 
 if __name__ == "__main__":
