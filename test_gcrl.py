@@ -777,3 +777,27 @@ def test_critic_study_held_out_rows_get_a_right_and_a_slipped_solution():
                                        random.Random(0))
     for r in rows:
         assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])
+
+
+def test_critic_study_scores_rederivation_copying_and_verdict_agreement():
+    study = _tiny_task_script("critic_study")
+    questions = {0: {"question": "47+38", "answer": "85"}}
+    pairs = [(0, "7+8=15,4+3+1=8,\\boxed{85}", True), (0, "7+8=15,4+3+0=7,\\boxed{75}", False),
+             (0, "7+8=15,4+3+1=8,\\boxed{85}", True), (0, "7+8=15,4+3+0=7,\\boxed{75}", False)]
+    texts = ["Recomputed: 7+8=15,4+3+1=8,85\nConclusion: right [END]",   # right, and follows its comparison
+             "Recomputed: 7+8=15,4+3+0=7,75\nConclusion: right [END]",   # copied the wrong answer: says right
+             "Recomputed: 7+8=15,4+3+1=8,85\nConclusion: wrong [END]",   # re-derived right, verdict ignores it
+             "Recomputed: 7+8=15,4+3+1=8,85"]                            # cut off: no verdict
+    m = study.score_critiques(pairs, texts, questions)
+    assert m["critique_acc_balanced"] == 0.25 and m["right_rate"] == 0.5  # only the first is right
+    assert m["recompute_ok_right"] == 1.0 and m["recompute_ok_wrong"] == 0.5 and m["copied_wrong_answer"] == 0.5
+    assert m["verdict_follows_comparison"] == pytest.approx(2 / 3)  # of the three with a verdict
+
+
+def test_critic_study_warmup_critiques_fit_the_critique_budget():
+    study, tok = _tiny_task_script("critic_study"), gcrl.build_tiny_tokenizer()
+    rows = gcrl.load_jsonl("tiny_tasks/arith_coldstart.jsonl")
+    for fmt in {f for f, *_ in study.VARIANTS.values()}:
+        crits = [t for p, t in study.warmup_examples(rows, fmt, 1) if "#Instruction#: Please verify" in p]
+        longest = max(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in crits)  # + EOS
+        assert longest <= study.CRITIQUE_TOKENS, (fmt, longest)

@@ -1,16 +1,17 @@
 """Why the tiny critic sits at chance: cold-start variants of the critique format, each measured.
 
-    python tiny_tasks/critic_study.py            # 5 variants, seed 0 (about 32 min on 2 cores)
+    python tiny_tasks/critic_study.py            # 6 variants, seed 0 (about 43 min on 2 cores)
     python tiny_tasks/critic_study.py --variants "current recipe" longer      # a subset
 
-Issue 4 asks for a tiny setting in which critique is learnable (>= 75 % balanced accuracy). A
-critique here re-derives the answer, then gives a verdict; it can fail in two places, so each
-variant is scored on both, on a 1:1 balanced set of the model's own right/wrong responses to
+Issue 4 asks for a tiny critic well above chance (>= 75 % balanced accuracy after GC-RL); this
+measures it after the cold start, where GC-RL starts from. A critique here re-derives the
+answer, then gives a verdict; it can fail in two places, so each variant is scored on both, on a 1:1 balanced set of the model's own right/wrong responses to
 held-out questions (as gcrl's evaluation builds it), greedy decoding:
   recompute ok (right / wrong resp.)  the critique's re-derived answer is the true answer,
                                       when the response it reads is right / wrong
-  copied wrong answer                 on wrong responses: the re-derived answer equals the
-                                      response's own (wrong) answer, i.e. the critic copied it
+  copied wrong answer                 on wrong responses (all of them, boxed or not): the
+                                      re-derived answer equals the response's own (wrong)
+                                      answer, i.e. the critic copied it
   verdict follows own comparison      the verdict says "right" exactly when its re-derived
                                       answer equals the response's answer
   forced verdict (seen / new)         the warm-up critique itself, given up to its verdict, on
@@ -23,6 +24,7 @@ Variants (same data, same model, only the critique text and the cold-start budge
   digit check      as side by side, plus a digit-by-digit check: 'Check: 8!=9,5=5'
   verdict drill    as side by side, plus each critique again with only its verdict as the target,
                    so the comparison gets a whole example's loss rather than 1 token of ~35
+  digit pairs      as digit check, but each mark comes after both digits: 'Check: 89!,55='
 Not a test: it prints a table and writes one JSONL line per variant to --out.
 """
 import argparse
@@ -44,7 +46,11 @@ VARIANTS = {
     "side by side": ("side_by_side", 1200, 0.5, 2),
     "digit check": ("digit_check", 1200, 0.5, 2),
     "verdict drill": ("side_by_side+drill", 1200, 0.5, 2),
+    "digit pairs": ("digit_pairs", 1200, 0.5, 2),
 }
+
+
+CRITIQUE_TOKENS = 64  # the longest warm-up critique (digit check, '-(..)' questions) is 58 tokens
 
 
 def critique_text(fmt, steps, gold, given, ok):
@@ -54,10 +60,12 @@ def critique_text(fmt, steps, gold, given, ok):
     if fmt == "recompute":  # what gcrl.tiny_cold_start_examples writes
         return "Recomputed: " + steps + verdict
     text = "Recomputed: " + steps + " vs " + given
-    if fmt == "digit_check":  # right-aligned digits, each pair compared next to each other
-        w = max(len(gold), len(given))
-        text += "\nCheck: " + ",".join(a + ("=" if a == b else "!=") + b
-                                       for a, b in zip(gold.rjust(w, "_"), given.rjust(w, "_")))
+    w = max(len(gold), len(given))
+    digits = list(zip(gold.rjust(w, "_"), given.rjust(w, "_")))  # right-aligned, '_' pads the shorter
+    if fmt == "digit_check":  # each mark sits between its two digits: '8!=9' (the mark comes first)
+        text += "\nCheck: " + ",".join(a + ("=" if a == b else "!=") + b for a, b in digits)
+    if fmt == "digit_pairs":  # both digits first, then the mark: '89!' (the mark compares its neighbours)
+        text += "\nCheck: " + ",".join(a + b + ("=" if a == b else "!") for a, b in digits)
     return text + verdict
 
 
@@ -79,14 +87,37 @@ def warmup_examples(rows, fmt, critique_copies):
 
 def recomputed_answer(critique):
     """'Recomputed: 7+8=15,4+3+1=8,85 vs 95\\n...' -> '85' (the last field before ' vs ' / newline)."""
-    head = critique.split("\n")[0].split(" vs ")[0]
+    head = critique.split("\n")[0].split(" vs ")[0].removeprefix("Recomputed: ")
     return head.rsplit(",", 1)[-1].strip()
+
+
+def score_critiques(pairs, texts, questions):
+    """Both halves of each critique, on a 1:1 balanced set: pairs [(question_id, response, right)],
+    texts the critiques in the same order. Rates over all right / all wrong responses."""
+    n = {True: 0, False: 0}
+    ok_rec = {True: 0, False: 0}
+    copied = follows = judged = hits = says_right = 0
+    for (q, response, right), text in zip(pairs, texts):
+        rec, given, verdict = recomputed_answer(text), gcrl.extract_boxed(response), gcrl.parse_verdict(text)
+        n[right] += 1
+        hits += verdict == ("correct" if right else "wrong")  # the set is 1:1, so this is balanced accuracy
+        says_right += verdict == "correct"
+        ok_rec[right] += rec == questions[q]["answer"]
+        copied += (not right) and rec == given
+        if verdict is not None:  # a critique without a verdict neither follows nor breaks its comparison
+            judged += 1
+            follows += (verdict == "correct") == (rec == given)
+    return {"critique_acc_balanced": hits / max(1, len(pairs)), "right_rate": says_right / max(1, len(pairs)),
+            "recompute_ok_right": ok_rec[True] / max(1, n[True]),
+            "recompute_ok_wrong": ok_rec[False] / max(1, n[False]),
+            "copied_wrong_answer": copied / max(1, n[False]), "verdict_follows_comparison": follows / max(1, judged)}
 
 
 def with_worked_solutions(rows, rng):
     """Held-out questions ('47+38') with a worked right and a slipped wrong solution, as in the warm-up."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_tasks
+    state = random.getstate()
     random.seed(rng.random())  # make_tasks' 'copy' slip draws from the module-level generator
     out = []
     for r in rows:
@@ -96,6 +127,7 @@ def with_worked_solutions(rows, rng):
         while wrong_answer == answer:
             wrong, wrong_answer = make_tasks.worked_solution(a, op, b, rng.choice(["carry", "fact", "copy"]))
         out.append({**r, "solution": right, "wrong_solution": wrong})
+    random.setstate(state)
     return out
 
 
@@ -131,30 +163,13 @@ def study(name, fmt, steps, solve_frac, copies, args, seed):
     pairs = gcrl.build_balanced_pairs(model, tok, rows, 8, args, random.Random(seed + 1))
     m = gcrl.evaluate(model, tok, rows, [], questions, args)  # generation accuracy; critiques below
     crit = gcrl.generate(model, tok, [gcrl.critique_prompt(questions[q]["question"], r) for q, r, _ in pairs], 1,
-                         args.max_completion_length, greedy=True)
-    n = {True: 0, False: 0}
-    ok_rec = {True: 0, False: 0}
-    copied = follows = judged = hits = says_right = 0
-    for (q, response, right), text in zip(pairs, crit["texts"]):
-        rec, given, verdict = recomputed_answer(text), gcrl.extract_boxed(response), gcrl.parse_verdict(text)
-        n[right] += 1
-        hits += verdict == ("correct" if right else "wrong")  # the set is 1:1, so this is balanced accuracy
-        says_right += verdict == "correct"
-        ok_rec[right] += rec == questions[q]["answer"]
-        copied += (not right) and rec == given
-        if verdict is not None:
-            judged += 1
-            follows += (verdict == "correct") == (rec == given)
+                         CRITIQUE_TOKENS, greedy=True)
     seen = gcrl.load_jsonl(args.cold_start)[:len(rows)]
     forced_seen = teacher_forced_verdicts(model, tok, seen, fmt)
     forced_new = teacher_forced_verdicts(model, tok, with_worked_solutions(rows, random.Random(seed)), fmt)
     return {"variant": name, "seed": seed, "cold_start_steps": steps, "seconds": round(time.time() - t),  # + evaluation
-            "forced_verdict_seen": forced_seen, "forced_verdict_new": forced_new,
-            "generation_acc": m["eval/accuracy"], "critique_acc_balanced": hits / max(1, len(pairs)),
-            "right_rate": says_right / max(1, len(pairs)), "pairs": len(pairs),
-            "recompute_ok_right": ok_rec[True] / max(1, n[True]),
-            "recompute_ok_wrong": ok_rec[False] / max(1, n[False]),
-            "copied_wrong_answer": copied / max(1, n[False]), "verdict_follows_comparison": follows / max(1, judged)}
+            "generation_acc": m["eval/accuracy"], "pairs": len(pairs), **score_critiques(pairs, crit["texts"], questions),
+            "forced_verdict_seen": forced_seen, "forced_verdict_new": forced_new}
 
 
 def main():
@@ -167,7 +182,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
-    args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu"])
+    args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu", "--eval_size", str(a.eval_size)])
     args.chat = False
     t0 = time.time()
     results = []

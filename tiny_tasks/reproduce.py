@@ -14,6 +14,7 @@ critic's rate of "right" verdicts, plus the total wall time. Then the paper's cl
 contrasts: the difference between two arms within each seed (both start from that seed's
 cold-started model), mean +- standard error over seeds, so cold-start luck cancels out.
     python tiny_tasks/reproduce.py --from_runs runs/reproduce/runs.jsonl   # tables only, no training
+(the wall time is printed by the run itself; each line of runs.jsonl keeps its own seconds).
 """
 import argparse
 import json
@@ -55,8 +56,9 @@ CONTRASTS = [("GC-RL (filter)", "G-RL", "eval/accuracy"),
 
 def mean_se(xs, sign=""):
     if len(xs) < 2:
-        return f"{xs[0]:{sign}.3f}" if xs else "-"
-    return f"{statistics.mean(xs):{sign}.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
+        return f"{xs[0] + 0.0:{sign}.3f}" if xs else "-"
+    mean = statistics.mean(xs) if abs(statistics.mean(xs)) >= 5e-4 else 0.0  # no '-0.000'
+    return f"{mean:{sign}.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
 
 
 def paired_differences(lines, a, b, key):
