@@ -36,8 +36,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 import gcrl  # noqa: E402
+import make_tasks  # noqa: E402
 
 # name -> (critique format, cold-start steps, fraction of steps solve-only, copies of each critique example)
 VARIANTS = {
@@ -115,8 +117,6 @@ def score_critiques(pairs, texts, questions):
 
 def with_worked_solutions(rows, rng):
     """Held-out questions ('47+38') with a worked right and a slipped wrong solution, as in the warm-up."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import make_tasks
     state = random.getstate()
     random.seed(rng.random())  # make_tasks' 'copy' slip draws from the module-level generator
     out = []
@@ -183,7 +183,6 @@ def main():
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
     args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu", "--eval_size", str(a.eval_size)])
-    args.chat = False
     t0 = time.time()
     results = []
     for name in a.variants:

@@ -55,10 +55,11 @@ CONTRASTS = [("GC-RL (filter)", "G-RL", "eval/accuracy"),
 
 
 def mean_se(xs, sign=""):
-    if len(xs) < 2:
-        return f"{xs[0] + 0.0:{sign}.3f}" if xs else "-"
-    mean = statistics.mean(xs) if abs(statistics.mean(xs)) >= 5e-4 else 0.0  # no '-0.000'
-    return f"{mean:{sign}.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
+    if not xs:
+        return "-"
+    mean = statistics.mean(xs)
+    text = f"{0.0 if abs(mean) < 5e-4 else mean:{sign}.3f}"  # no '-0.000'
+    return text if len(xs) < 2 else f"{text} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
 
 
 def paired_differences(lines, a, b, key):
