@@ -769,14 +769,36 @@ def test_critic_study_formats_compare_right_aligned_digits_and_parse_back():
     assert study.recomputed_answer(text) == "195" and gcrl.parse_verdict(text) == "wrong"
     plain = study.critique_text("recompute", "7+8=15,4+3+1=8,85", "85", "85", True)
     assert study.recomputed_answer(plain) == "85" and gcrl.parse_verdict(plain) == "correct"
+    assert study.quoted_answer(plain) is None and study.quoted_answer(text) == "95"
+
+
+def test_critic_study_fixed_width_and_own_notation_formats():
+    study = _tiny_task_script("critic_study")
+    assert [study.fixed_width(a) for a in ("85", "-4", "103", "x")] == ["+085", "-004", "+103", "x"]
+    text = study.critique_text("fixed_pairs", "5+8=13,5+4+1=10,103", "103", "93", False)
+    assert text == "Recomputed: 5+8=13,5+4+1=10,+103 vs +093\n++=10!09!33=\nConclusion: wrong [END]"
+    assert study.same_answer(study.recomputed_answer(text), "103") and not study.same_answer("+093", "103")
+    own = study.critique_text("notation", "-(78-58):8-8=0,7-5-0=2,-20", "-20", "-30", False)
+    assert own.startswith("Recomputed: ~(78~58):8~8>0,7~5~0>2,-20 vs -30\n")  # the compared answer keeps its '-'
+    assert study.recomputed_answer(own) == "-20"
 
 
 def test_critic_study_held_out_rows_get_a_right_and_a_slipped_solution():
     study = _tiny_task_script("critic_study")
-    rows = study.with_worked_solutions([{"question": "47+38", "answer": "85"}, {"question": "29-33", "answer": "-4"}],
-                                       random.Random(0))
-    for r in rows:
-        assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])
+    questions = [{"question": "47+38", "answer": "85"}, {"question": "29-33", "answer": "-4"}]
+    for slips in (study.WARMUP_SLIPS, study.ALL_SLIPS):
+        for r in study.with_worked_solutions(questions, random.Random(0), slips):
+            assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])
+    for r in study.with_worked_solutions(questions, random.Random(0), study.ALL_SLIPS, num_wrong=3):
+        answers = {gcrl.extract_boxed(w) for w in r["wrong_solutions"]}
+        assert len(answers) == 3 and r["answer"] not in answers
+
+
+def test_make_tasks_ones_slip_changes_only_the_ones_fact():
+    make_tasks = _tiny_task_script("make_tasks")
+    assert make_tasks.worked_solution(52, "-", 19, "ones") == ("12-9=4,5-1-1=3,\\boxed{34}", 34)
+    assert make_tasks.worked_solution(47, "+", 38, "ones") == ("7+8=16,4+3+1=8,\\boxed{86}", 86)  # carry kept
+    assert make_tasks.worked_solution(49, "+", 30, "ones") == ("9+0=8,4+3+0=7,\\boxed{78}", 78)  # 9 -> 8, no carry made
 
 
 def test_critic_study_scores_rederivation_copying_and_verdict_agreement():
@@ -792,6 +814,19 @@ def test_critic_study_scores_rederivation_copying_and_verdict_agreement():
     assert m["critique_acc_balanced"] == 0.25 and m["right_rate"] == 0.5  # only the first is right
     assert m["recompute_ok_right"] == 1.0 and m["recompute_ok_wrong"] == 0.5 and m["copied_wrong_answer"] == 0.5
     assert m["verdict_follows_comparison"] == pytest.approx(2 / 3)  # of the three with a verdict
+
+
+def test_critic_study_scores_the_quoted_answer_and_the_check_marks():
+    study = _tiny_task_script("critic_study")
+    questions = {0: {"question": "47+38", "answer": "85"}}
+    pairs = [(0, "7+8=15,4+3+1=9,\\boxed{95}", False)] * 3
+    texts = ["Recomputed: 7+8=15,4+3+1=8,+085 vs +095\n++=00=89!55=\nConclusion: wrong [END]",  # all as taught
+             "Recomputed: 7+8=15,4+3+1=8,+085 vs +085\n++=00=88=55=\nConclusion: right [END]",  # quoted its own
+             "Recomputed: 7+8=15,4+3+1=8,+085 vs +095\n++=00=89=55=\nConclusion: right [END]"]  # a wrong mark
+    m = study.score_critiques(pairs, texts, questions, "fixed_pairs")
+    assert m["quoted_answer_ok"] == pytest.approx(2 / 3) and m["marks_follow_own_answers"] == pytest.approx(2 / 3)
+    assert m["recompute_ok_wrong"] == 1.0 and m["critique_acc_balanced"] == pytest.approx(1 / 3)
+    assert math.isnan(study.score_critiques(pairs, texts, questions)["marks_follow_own_answers"])  # no fmt given
 
 
 def test_critic_study_warmup_critiques_fit_the_critique_budget():

@@ -1,12 +1,13 @@
 """Why the tiny critic sits at chance: cold-start variants of the critique format, each measured.
 
-    python tiny_tasks/critic_study.py            # 6 variants, seed 0 (about 43 min on 2 cores)
-    python tiny_tasks/critic_study.py --variants "current recipe" longer      # a subset
+    python tiny_tasks/critic_study.py --variants "current recipe" longer      # about 9 min on 2 cores
+    python tiny_tasks/critic_study.py      # all 14 variants, seed 0: about 2 h 40 min
 
 Issue 4 asks for a tiny critic well above chance (>= 75 % balanced accuracy after GC-RL); this
 measures it after the cold start, where GC-RL starts from. A critique here re-derives the
-answer, then gives a verdict; it can fail in two places, so each variant is scored on both, on a 1:1 balanced set of the model's own right/wrong responses to
-held-out questions (as gcrl's evaluation builds it), greedy decoding:
+answer, then gives a verdict; it can fail in two places, so each variant is scored on both, on a
+1:1 balanced set of the model's own right/wrong responses to held-out questions (as gcrl's
+evaluation builds it), greedy decoding:
   recompute ok (right / wrong resp.)  the critique's re-derived answer is the true answer,
                                       when the response it reads is right / wrong
   copied wrong answer                 on wrong responses (all of them, boxed or not): the
@@ -14,6 +15,10 @@ held-out questions (as gcrl's evaluation builds it), greedy decoding:
                                       answer, i.e. the critic copied it
   verdict follows own comparison      the verdict says "right" exactly when its re-derived
                                       answer equals the response's answer
+  quoted answer ok                    formats with '<ours> vs <theirs>': <theirs> is the
+                                      response's answer (it could also copy its own)
+  marks follow own answers            check formats: the check line is the one its own two
+                                      answers call for
   forced verdict (seen / new)         the warm-up critique itself, given up to its verdict, on
                                       warm-up questions / on held-out ones: does the verdict
                                       compare the two answers, or recall the question?
@@ -25,7 +30,24 @@ Variants (same data, same model, only the critique text and the cold-start budge
   verdict drill    as side by side, plus each critique again with only its verdict as the target,
                    so the comparison gets a whole example's loss rather than 1 token of ~35
   digit pairs      as digit check, but each mark comes after both digits: 'Check: 89!,55='
-Not a test: it prints a table and writes one JSONL line per variant to --out.
+  own notation     as side by side, the re-derived steps in symbols the solution never uses:
+                   'Recomputed: 7&8>15,4&3&1>8,85 vs 95' (nothing in the response to copy from)
+  own notation + check   as own notation, plus the digit check
+  fixed width      as side by side, both answers as sign + 3 digits: '+085 vs +095', so each
+                   digit's partner is a constant distance back
+  fixed width + pairs    as fixed width, plus a digit-pairs check line: '++=00=89!55='
+  fixed width + pairs, 3000 steps   the same, 600 steps solve-only then 2400 on everything
+                   (4 x the critique practice of the 1200-step variants)
+  3000 steps + ones slips   the same, each warm-up wrong solution re-drawn from four slips,
+                   adding a wrong ones fact ('12-9=4'): the warm-up data never has one, but
+                   most of the model's own wrong responses do
+  3000 steps, 3 wrong per right   the same, but each question's right solution is critiqued
+                   next to three wrong ones (different answers), so repeating the response's
+                   steps is wrong in 3 of 4 warm-up critiques, not 1 of 2 (the verdict reads the
+                   check line, so its prior matters little)
+--tiny_hidden_size / --tiny_num_layers change the model (gcrl's defaults: 128 x 4).
+Not a test: it prints a table, writes one JSONL line per variant to --out/study.jsonl, and every
+critique it scored to '--out/critiques <variant>.jsonl'.
 """
 import argparse
 import json
@@ -49,10 +71,36 @@ VARIANTS = {
     "digit check": ("digit_check", 1200, 0.5, 2),
     "verdict drill": ("side_by_side+drill", 1200, 0.5, 2),
     "digit pairs": ("digit_pairs", 1200, 0.5, 2),
+    "own notation": ("notation", 1200, 0.5, 2),
+    "own notation + check": ("notation_check", 1200, 0.5, 2),
+    "fixed width": ("fixed", 1200, 0.5, 2),
+    "fixed width + pairs": ("fixed_pairs", 1200, 0.5, 2),
+    "fixed width + pairs, 3000 steps": ("fixed_pairs", 3000, 0.2, 2),
+    "3000 steps + ones slips": ("fixed_pairs+slips", 3000, 0.2, 2),
+    "3000 steps, 3 wrong per right": ("fixed_pairs+slips3", 3000, 0.2, 2),
 }
+
+WARMUP_SLIPS = ("carry", "fact", "copy")  # what tiny_tasks/arith_coldstart.jsonl's wrong solutions use
+ALL_SLIPS = ("ones", "carry", "fact", "copy")  # + a wrong ones fact, the tiny model's own commonest slip
+
+# The critic's steps in symbols the solution never uses. The guess: re-deriving '4+3+1=' next to a
+# response that reads '4+3+1=9' invites a literal copy of the '9', and '4&3&1>' has nothing to copy from.
+# Measured (seed 0, one run each): copied wrong answers 0.25 against side by side's 0.38, and 0.41 with
+# the digit check against its 0.40; the verdict stayed at chance either way.
+NOTATION = str.maketrans({"+": "&", "-": "~", "=": ">"})
 
 
 CRITIQUE_TOKENS = 64  # the longest warm-up critique (digit check, '-(..)' questions) is 58 tokens
+
+
+def fixed_width(answer):
+    """'85' -> '+085', '-4' -> '-004': every digit of every answer at the same place, so comparing
+    two answers digit by digit looks a constant distance back (not one that depends on their lengths)."""
+    try:
+        n = int(answer)
+    except ValueError:
+        return answer
+    return ("-" if n < 0 else "+") + str(abs(n)).zfill(3)
 
 
 def critique_text(fmt, steps, gold, given, ok):
@@ -61,14 +109,28 @@ def critique_text(fmt, steps, gold, given, ok):
     fmt = fmt.split("+")[0]
     if fmt == "recompute":  # what gcrl.tiny_cold_start_examples writes
         return "Recomputed: " + steps + verdict
+    if fmt.startswith("notation"):  # re-write the steps, not the answer that gets compared
+        *work, answer = steps.split(",")
+        steps = ",".join([w.translate(NOTATION) for w in work] + [answer])
+    if fmt.startswith("fixed"):
+        *work, _ = steps.split(",")
+        steps, gold, given = ",".join(work + [fixed_width(gold)]), fixed_width(gold), fixed_width(given)
     text = "Recomputed: " + steps + " vs " + given
-    w = max(len(gold), len(given))
-    digits = list(zip(gold.rjust(w, "_"), given.rjust(w, "_")))  # right-aligned, '_' pads the shorter
-    if fmt == "digit_check":  # each mark sits between its two digits: '8!=9' (the mark comes first)
-        text += "\nCheck: " + ",".join(a + ("=" if a == b else "!=") + b for a, b in digits)
+    line = check_line(fmt, gold, given)
+    return text + ("\n" + line if line else "") + verdict
+
+
+def check_line(fmt, ours, theirs):
+    """The digit-by-digit comparison line of the check formats (None for the others)."""
+    w = max(len(ours), len(theirs))
+    digits = list(zip(ours.rjust(w, "_"), theirs.rjust(w, "_")))  # right-aligned, '_' pads the shorter
+    if fmt in ("digit_check", "notation_check"):  # each mark sits between its two digits: '8!=9' (the mark comes first)
+        return "Check: " + ",".join(a + ("=" if a == b else "!=") + b for a, b in digits)
     if fmt == "digit_pairs":  # both digits first, then the mark: '89!' (the mark compares its neighbours)
-        text += "\nCheck: " + ",".join(a + b + ("=" if a == b else "!") for a, b in digits)
-    return text + verdict
+        return "Check: " + ",".join(a + b + ("=" if a == b else "!") for a, b in digits)
+    if fmt == "fixed_pairs":  # same widths: '++=00=89!55=' (no padding, no separators needed)
+        return "".join(a + b + ("=" if a == b else "!") for a, b in digits)
+    return None
 
 
 def warmup_examples(rows, fmt, critique_copies):
@@ -77,7 +139,8 @@ def warmup_examples(rows, fmt, critique_copies):
         q, gold, right = row["question"], row["answer"], row["solution"]
         steps = right.replace("\\boxed{" + gold + "}", gold)
         examples.append((gcrl.solve_prompt(q), right))
-        for response, ok in ((right, True), (row["wrong_solution"], False)):
+        wrongs = row.get("wrong_solutions") or [row["wrong_solution"]]
+        for response, ok in [(right, True)] + [(w, False) for w in wrongs]:
             crit = critique_text(fmt, steps, gold, gcrl.extract_boxed(response) or "", ok)
             examples += [(gcrl.critique_prompt(q, response), crit)] * critique_copies
             if fmt.endswith("+drill"):  # the verdict alone as the target: its loss is not 1 token of ~35
@@ -93,40 +156,70 @@ def recomputed_answer(critique):
     return head.rsplit(",", 1)[-1].strip()
 
 
-def score_critiques(pairs, texts, questions):
+def quoted_answer(critique):
+    """'Recomputed: ...,85 vs 95\\n...' -> '95', the response's answer as the critic wrote it (None: no ' vs ')."""
+    head = critique.split("\n")[0]
+    return head.split(" vs ", 1)[1].strip() if " vs " in head else None
+
+
+def same_answer(a, b):
+    """'+085' and '85' are the same answer; anything that is not an integer compares as text."""
+    try:
+        return int(a) == int(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def score_critiques(pairs, texts, questions, fmt=None):
     """Both halves of each critique, on a 1:1 balanced set: pairs [(question_id, response, right)],
-    texts the critiques in the same order. Rates over all right / all wrong responses."""
+    texts the critiques in the same order. Rates over all right / all wrong responses. For a check
+    format (fmt), also: is the check line the one its own two answers call for?"""
     n = {True: 0, False: 0}
     ok_rec = {True: 0, False: 0}
-    copied = follows = judged = hits = says_right = 0
+    copied = follows = judged = hits = says_right = quoted = quoted_ok = checked = marks_ok = 0
     for (q, response, right), text in zip(pairs, texts):
         rec, given, verdict = recomputed_answer(text), gcrl.extract_boxed(response), gcrl.parse_verdict(text)
         n[right] += 1
         hits += verdict == ("correct" if right else "wrong")  # the set is 1:1, so this is balanced accuracy
         says_right += verdict == "correct"
-        ok_rec[right] += rec == questions[q]["answer"]
-        copied += (not right) and rec == given
+        ok_rec[right] += same_answer(rec, questions[q]["answer"])
+        copied += (not right) and same_answer(rec, given)
+        if quoted_answer(text) is not None:  # side-by-side formats: did it write the response's answer?
+            quoted += 1
+            quoted_ok += same_answer(quoted_answer(text), given)
+            expected = check_line(fmt.split("+")[0], rec, quoted_answer(text)) if fmt else None
+            if expected is not None:
+                checked += 1
+                marks_ok += text.split("\n")[1:2] == [expected]
         if verdict is not None:  # a critique without a verdict neither follows nor breaks its comparison
             judged += 1
-            follows += (verdict == "correct") == (rec == given)
+            follows += (verdict == "correct") == same_answer(rec, given)
     return {"critique_acc_balanced": hits / max(1, len(pairs)), "right_rate": says_right / max(1, len(pairs)),
             "recompute_ok_right": ok_rec[True] / max(1, n[True]),
             "recompute_ok_wrong": ok_rec[False] / max(1, n[False]),
-            "copied_wrong_answer": copied / max(1, n[False]), "verdict_follows_comparison": follows / max(1, judged)}
+            "copied_wrong_answer": copied / max(1, n[False]), "verdict_follows_comparison": follows / max(1, judged),
+            "quoted_answer_ok": quoted_ok / quoted if quoted else float("nan"),
+            "marks_follow_own_answers": marks_ok / checked if checked else float("nan")}
 
 
-def with_worked_solutions(rows, rng):
-    """Held-out questions ('47+38') with a worked right and a slipped wrong solution, as in the warm-up."""
+def with_worked_solutions(rows, rng, slips=WARMUP_SLIPS, num_wrong=1):
+    """Questions ('47+38') with a worked right and a slipped wrong solution, as in the warm-up;
+    num_wrong > 1 also gives 'wrong_solutions', that many with different wrong answers."""
     state = random.getstate()
     random.seed(rng.random())  # make_tasks' 'copy' slip draws from the module-level generator
     out = []
     for r in rows:
         a, op, b = int(r["question"][:2]), r["question"][2], int(r["question"][3:])
         right, answer = make_tasks.worked_solution(a, op, b)
-        wrong, wrong_answer = right, answer
-        while wrong_answer == answer:
-            wrong, wrong_answer = make_tasks.worked_solution(a, op, b, rng.choice(["carry", "fact", "copy"]))
-        out.append({**r, "solution": right, "wrong_solution": wrong})
+        wrongs = {}
+        for _ in range(100):  # a question may have fewer distinct slips than asked for
+            wrong, wrong_answer = make_tasks.worked_solution(a, op, b, rng.choice(slips))
+            if wrong_answer != answer:
+                wrongs.setdefault(wrong_answer, wrong)
+            if len(wrongs) == num_wrong:
+                break
+        out.append({**r, "solution": right, "wrong_solution": next(iter(wrongs.values()))}
+                   | ({"wrong_solutions": list(wrongs.values())} if num_wrong > 1 else {}))
     random.setstate(state)
     return out
 
@@ -150,8 +243,11 @@ def teacher_forced_verdicts(model, tok, rows, fmt):
 
 def study(name, fmt, steps, solve_frac, copies, args, seed):
     tok = gcrl.build_tiny_tokenizer()
-    model = gcrl.build_tiny_model(tok, seed=seed)
-    examples = warmup_examples(gcrl.load_jsonl(args.cold_start), fmt, copies)
+    model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
+    rows = gcrl.load_jsonl(args.cold_start)
+    if "+slips" in fmt:  # the same questions, each wrong solution re-drawn from all four slips
+        rows = with_worked_solutions(rows, random.Random(seed), ALL_SLIPS, 3 if fmt.endswith("slips3") else 1)
+    examples = warmup_examples(rows, fmt, copies)
     solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
     t = time.time()
     gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
@@ -167,9 +263,13 @@ def study(name, fmt, steps, solve_frac, copies, args, seed):
     seen = gcrl.load_jsonl(args.cold_start)[:len(rows)]
     forced_seen = teacher_forced_verdicts(model, tok, seen, fmt)
     forced_new = teacher_forced_verdicts(model, tok, with_worked_solutions(rows, random.Random(seed)), fmt)
-    return {"variant": name, "seed": seed, "cold_start_steps": steps, "seconds": round(time.time() - t),  # + evaluation
-            "generation_acc": m["eval/accuracy"], "pairs": len(pairs), **score_critiques(pairs, crit["texts"], questions),
-            "forced_verdict_seen": forced_seen, "forced_verdict_new": forced_new}
+    return {"variant": name, "seed": seed, "hidden_size": args.tiny_hidden_size, "num_layers": args.tiny_num_layers,
+            "cold_start_steps": steps, "seconds": round(time.time() - t),  # + evaluation
+            "generation_acc": m["eval/accuracy"], "pairs": len(pairs),
+            **score_critiques(pairs, crit["texts"], questions, fmt),
+            "forced_verdict_seen": forced_seen, "forced_verdict_new": forced_new,
+            "critiques": [{"question": questions[q]["question"], "response": r, "right": ok, "critique": c}
+                          for (q, r, ok), c in zip(pairs, crit["texts"])]}
 
 
 def main():
@@ -179,22 +279,29 @@ def main():
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default=os.path.join("runs", "critic_study"))
     p.add_argument("--num_threads", type=int, default=2)
+    p.add_argument("--tiny_hidden_size", type=int, default=128, help="model width (gcrl's default 128)")
+    p.add_argument("--tiny_num_layers", type=int, default=4, help="model depth (gcrl's default 4)")
     a = p.parse_args()
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
-    args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu", "--eval_size", str(a.eval_size)])
+    args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu", "--eval_size", str(a.eval_size),
+                            "--tiny_hidden_size", str(a.tiny_hidden_size), "--tiny_num_layers", str(a.tiny_num_layers)])
     t0 = time.time()
     results = []
     for name in a.variants:
         torch.manual_seed(a.seed)
         r = study(name, *VARIANTS[name], args, a.seed)
+        with open(os.path.join(a.out, f"critiques {name}.jsonl"), "w") as f:  # to read what the critic wrote
+            f.writelines(json.dumps(c) + "\n" for c in r.pop("critiques"))
         results.append(r)
         with open(os.path.join(a.out, "study.jsonl"), "a") as f:
             f.write(json.dumps(r) + "\n")
         print(json.dumps(r), flush=True)
     cols = ["generation_acc", "critique_acc_balanced", "right_rate", "recompute_ok_right", "recompute_ok_wrong",
-            "copied_wrong_answer", "verdict_follows_comparison", "forced_verdict_seen", "forced_verdict_new"]
-    print(f"\nseed {a.seed}, {a.eval_size} eval questions, total wall time {time.time() - t0:.0f} s\n")
+            "copied_wrong_answer", "verdict_follows_comparison", "quoted_answer_ok", "marks_follow_own_answers",
+            "forced_verdict_seen", "forced_verdict_new"]
+    print(f"\nseed {a.seed}, {a.eval_size} eval questions, model {a.tiny_hidden_size} x {a.tiny_num_layers}, "
+          f"total wall time {time.time() - t0:.0f} s\n")
     print("| variant | steps | " + " | ".join(c.replace("_", " ") for c in cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for r in results:

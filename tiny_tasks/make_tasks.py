@@ -25,7 +25,8 @@ SPLITS = [("arith_coldstart.jsonl", 1000), ("arith_train.jsonl", 4000), ("arith_
 
 def worked_solution(a, op, b, slip=None):
     """Column-wise steps for a op b; `slip` injects one mistake: 'carry' (drop the carry or
-    borrow), 'fact' (a one-digit fact off by one) or 'copy' (final answer copied wrong)."""
+    borrow), 'fact' (the tens fact off by one), 'ones' (the ones fact off by one, carry kept) or
+    'copy' (final answer copied wrong). The data files below use the first, second and last."""
     prefix, sign = "", 1
     if op == "-" and a < b:  # a-b = -(b-a), so every subtraction below has a >= b
         prefix, sign, a, b = f"-({b}-{a}):", -1, b, a
@@ -47,6 +48,9 @@ def worked_solution(a, op, b, slip=None):
             borrow = 0
         tens = a1 - b1 - borrow
         tens_step = f"{a1}-{b1}-{borrow}={tens}"
+    if slip == "ones":
+        ones_digit += 1 if ones_digit < 9 else -1
+        ones_step = ones_step.rsplit("=", 1)[0] + "=" + str(ones_digit + 10 * (op == "+" and carry))
     if slip == "fact":
         tens += 1 if tens < 9 else -1
         tens_step = tens_step.rsplit("=", 1)[0] + f"={tens}"
