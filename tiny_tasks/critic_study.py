@@ -245,7 +245,7 @@ def study(name, fmt, steps, solve_frac, copies, args, seed):
     tok = gcrl.build_tiny_tokenizer()
     model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
     rows = gcrl.load_jsonl(args.cold_start)
-    if "+slips" in fmt:  # the same questions, each wrong solution re-drawn from all four slips
+    if "+slips" in fmt:  # the same questions, wrong solutions re-drawn from all four slips (3 each for +slips3)
         rows = with_worked_solutions(rows, random.Random(seed), ALL_SLIPS, 3 if fmt.endswith("slips3") else 1)
     examples = warmup_examples(rows, fmt, copies)
     solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
