@@ -184,10 +184,11 @@ def score_critiques(pairs, texts, questions, fmt=None):
         says_right += verdict == "correct"
         ok_rec[right] += same_answer(rec, questions[q]["answer"])
         copied += (not right) and same_answer(rec, given)
-        if quoted_answer(text) is not None:  # side-by-side formats: did it write the response's answer?
+        theirs = quoted_answer(text)
+        if theirs is not None:  # side-by-side formats: did it write the response's answer?
             quoted += 1
-            quoted_ok += same_answer(quoted_answer(text), given)
-            expected = check_line(fmt.split("+")[0], rec, quoted_answer(text)) if fmt else None
+            quoted_ok += same_answer(theirs, given)
+            expected = check_line(fmt.split("+")[0], rec, theirs) if fmt else None
             if expected is not None:
                 checked += 1
                 marks_ok += text.split("\n")[1:2] == [expected]
@@ -244,10 +245,12 @@ def teacher_forced_verdicts(model, tok, rows, fmt):
 def study(name, fmt, steps, solve_frac, copies, args, seed):
     tok = gcrl.build_tiny_tokenizer()
     model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
-    rows = gcrl.load_jsonl(args.cold_start)
+    warmup = gcrl.load_jsonl(args.cold_start)
     if "+slips" in fmt:  # the same questions, wrong solutions re-drawn from all four slips (3 each for +slips3)
-        rows = with_worked_solutions(rows, random.Random(seed), ALL_SLIPS, 3 if fmt.endswith("slips3") else 1)
-    examples = warmup_examples(rows, fmt, copies)
+        train = with_worked_solutions(warmup, random.Random(seed), ALL_SLIPS, 3 if fmt.endswith("slips3") else 1)
+    else:
+        train = warmup
+    examples = warmup_examples(train, fmt, copies)
     solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
     t = time.time()
     gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
@@ -260,7 +263,7 @@ def study(name, fmt, steps, solve_frac, copies, args, seed):
     m = gcrl.evaluate(model, tok, rows, [], questions, args)  # generation accuracy; critiques below
     crit = gcrl.generate(model, tok, [gcrl.critique_prompt(questions[q]["question"], r) for q, r, _ in pairs], 1,
                          CRITIQUE_TOKENS, greedy=True)
-    seen = gcrl.load_jsonl(args.cold_start)[:len(rows)]
+    seen = warmup[:len(rows)]  # as the data file has them, whatever the variant trained on
     forced_seen = teacher_forced_verdicts(model, tok, seen, fmt)
     forced_new = teacher_forced_verdicts(model, tok, with_worked_solutions(rows, random.Random(seed)), fmt)
     return {"variant": name, "seed": seed, "hidden_size": args.tiny_hidden_size, "num_layers": args.tiny_num_layers,
