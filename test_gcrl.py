@@ -801,6 +801,17 @@ def test_make_tasks_ones_slip_changes_only_the_ones_fact():
     assert make_tasks.worked_solution(49, "+", 30, "ones") == ("9+0=8,4+3+0=7,\\boxed{78}", 78)  # 9 -> 8, no carry made
 
 
+def test_make_tasks_joined_slips_and_misread_operands():
+    make_tasks = _tiny_task_script("make_tasks")
+    assert make_tasks.worked_solution(47, "+", 38, "ones+fact") == ("7+8=16,4+3+1=9,\\boxed{96}", 96)  # both facts
+    assert make_tasks.worked_solution(47, "+", 38, "ones+carry") == ("7+8=6,4+3+0=7,\\boxed{76}", 76)
+    random.seed(0)
+    for _ in range(50):  # a misread: the right steps of a question one operand digit away
+        text, answer = make_tasks.worked_solution(42, "-", 50, "read")
+        near = {(a, b) for a, b in [(42 + d, 50) for d in (-10, -1, 1, 10)] + [(42, 50 + d) for d in (-10, -1, 1, 10)]}
+        assert any(make_tasks.worked_solution(a, "-", b) == (text, answer) for a, b in near), text
+
+
 def test_critic_study_scores_rederivation_copying_and_verdict_agreement():
     study = _tiny_task_script("critic_study")
     questions = {0: {"question": "47+38", "answer": "85"}}

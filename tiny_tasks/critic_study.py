@@ -45,6 +45,13 @@ Variants (same data, same model, only the critique text and the cold-start budge
                    next to three wrong ones (different answers), so repeating the response's
                    steps is wrong in 3 of 4 warm-up critiques, not 1 of 2 (the verdict reads the
                    check line, so its prior matters little)
+  3 wrong per right, every step slipped   the same, but every step of each wrong solution is
+                   wrong (both facts off by one, or the ones fact and the carry; only the ones
+                   fact where there is no carry), so repeating the steps of a wrong warm-up
+                   response writes wrong steps, not only the one slipped step
+  every step slipped + misreads   the same, half the wrong solutions instead work on a misread
+                   operand ('42-50' as 42-40), the other kind of the model's own wrong responses
+  misreads, 1500 steps   the same data in half the steps (300 solve-only, then 1200 on everything)
 --tiny_hidden_size / --tiny_num_layers change the model (gcrl's defaults: 128 x 4).
 Not a test: it prints a table, writes one JSONL line per variant to --out/study.jsonl, and every
 critique it scored to '--out/critiques <variant>.jsonl'.
@@ -78,10 +85,19 @@ VARIANTS = {
     "fixed width + pairs, 3000 steps": ("fixed_pairs", 3000, 0.2, 2),
     "3000 steps + ones slips": ("fixed_pairs+slips", 3000, 0.2, 2),
     "3000 steps, 3 wrong per right": ("fixed_pairs+slips3", 3000, 0.2, 2),
+    "3 wrong per right, every step slipped": ("fixed_pairs+every3", 3000, 0.2, 2),
+    "every step slipped + misreads": ("fixed_pairs+misread3", 3000, 0.2, 2),
+    "misreads, 1500 steps": ("fixed_pairs+misread3", 1500, 0.2, 2),
 }
 
 WARMUP_SLIPS = ("carry", "fact", "copy")  # what tiny_tasks/arith_coldstart.jsonl's wrong solutions use
 ALL_SLIPS = ("ones", "carry", "fact", "copy")  # + a wrong ones fact, the tiny model's own commonest slip
+# Wrong at every step, so repeating any step of a wrong warm-up response writes a wrong step.
+EVERY_STEP_SLIPS = ("ones+fact", "ones+carry", "ones+fact+carry")
+# + an operand digit misread ('42-50' worked as 42-40): a third of the model's own wrong responses
+# set the question up wrong, and a critic that copies the response's setup copies that too.
+MISREAD_SLIPS = EVERY_STEP_SLIPS + ("read", "read+ones", "read+fact")
+SLIP_SETS = {"slips": ALL_SLIPS, "every": EVERY_STEP_SLIPS, "misread": MISREAD_SLIPS}
 
 # The critic's steps in symbols the solution never uses. The guess: re-deriving '4+3+1=' next to a
 # response that reads '4+3+1=9' invites a literal copy of the '9', and '4&3&1>' has nothing to copy from.
@@ -242,37 +258,61 @@ def teacher_forced_verdicts(model, tok, rows, fmt):
     return hits / total
 
 
-def study(name, fmt, steps, solve_frac, copies, args, seed):
-    tok = gcrl.build_tiny_tokenizer()
-    model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
-    warmup = gcrl.load_jsonl(args.cold_start)
-    if "+slips" in fmt:  # the same questions, wrong solutions re-drawn from all four slips (3 each for +slips3)
-        train = with_worked_solutions(warmup, random.Random(seed), ALL_SLIPS, 3 if fmt.endswith("slips3") else 1)
-    else:
-        train = warmup
-    examples = warmup_examples(train, fmt, copies)
-    solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
-    t = time.time()
-    gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
-             first_examples=solve, first_steps=int(steps * solve_frac))
-    rows = gcrl.load_jsonl(args.eval_dataset)[:args.eval_size]
-    for i, r in enumerate(rows):
-        r["id"] = i
+def measure(model, tok, rows, fmt, args, seed):
+    """Generation accuracy and both halves of the critique, on the model's own responses to `rows`."""
     questions = {r["id"]: r for r in rows}
     pairs = gcrl.build_balanced_pairs(model, tok, rows, 8, args, random.Random(seed + 1))
     m = gcrl.evaluate(model, tok, rows, [], questions, args)  # generation accuracy; critiques below
     crit = gcrl.generate(model, tok, [gcrl.critique_prompt(questions[q]["question"], r) for q, r, _ in pairs], 1,
                          CRITIQUE_TOKENS, greedy=True)
-    seen = warmup[:len(rows)]  # as the data file has them, whatever the variant trained on
-    forced_seen = teacher_forced_verdicts(model, tok, seen, fmt)
-    forced_new = teacher_forced_verdicts(model, tok, with_worked_solutions(rows, random.Random(seed)), fmt)
-    return {"variant": name, "seed": seed, "hidden_size": args.tiny_hidden_size, "num_layers": args.tiny_num_layers,
-            "cold_start_steps": steps, "seconds": round(time.time() - t),  # + evaluation
-            "generation_acc": m["eval/accuracy"], "pairs": len(pairs),
+    return {"generation_acc": m["eval/accuracy"], "pairs": len(pairs),
             **score_critiques(pairs, crit["texts"], questions, fmt),
-            "forced_verdict_seen": forced_seen, "forced_verdict_new": forced_new,
             "critiques": [{"question": questions[q]["question"], "response": r, "right": ok, "critique": c}
                           for (q, r, ok), c in zip(pairs, crit["texts"])]}
+
+
+def study(name, fmt, steps, solve_frac, copies, args, seed, rl_steps=0, out=".", reuse=False, rl_lr=None):
+    tok = gcrl.build_tiny_tokenizer()
+    model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
+    warmup = gcrl.load_jsonl(args.cold_start)
+    slips = fmt.split("+")[-1].rstrip("3")
+    if slips in SLIP_SETS:  # the same questions, wrong solutions re-drawn from those slips (3 each for '...3')
+        train = with_worked_solutions(warmup, random.Random(seed), SLIP_SETS[slips], 3 if fmt.endswith("3") else 1)
+    else:
+        train = warmup
+    examples = warmup_examples(train, fmt, copies)
+    solve = [e for e in examples if e[0].endswith(gcrl.SOLVE_INSTRUCTION)]
+    t = time.time()
+    saved = os.path.join(out, f"cold start {name} seed{seed}.pt")  # ~2.5 MB: GC-RL can be re-tried from it
+    if reuse and os.path.exists(saved):
+        model.load_state_dict(torch.load(saved))
+    else:
+        gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
+                 first_examples=solve, first_steps=int(steps * solve_frac))
+        torch.save(model.state_dict(), saved)
+    rows = gcrl.load_jsonl(args.eval_dataset)[:args.eval_size]
+    for i, r in enumerate(rows):
+        r["id"] = i
+    result = {"variant": name, "seed": seed, "hidden_size": args.tiny_hidden_size, "num_layers": args.tiny_num_layers,
+              "cold_start_steps": steps, **measure(model, tok, rows, fmt, args, seed)}
+    seen = warmup[:len(rows)]  # as the data file has them, whatever the variant trained on
+    result["forced_verdict_seen"] = teacher_forced_verdicts(model, tok, seen, fmt)
+    result["forced_verdict_new"] = teacher_forced_verdicts(model, tok, with_worked_solutions(rows, random.Random(seed)),
+                                                           fmt)
+    if rl_steps:  # then GC-RL (gcrl's defaults: the data filter, lr 3e-5), as the matrix's GC-RL arm
+        rl_args = gcrl.parse_args(["--seed", str(seed), "--device", "cpu", "--mode", "gcrl", "--max_steps",
+                                   str(rl_steps), "--eval_steps", "0", "--eval_size", str(args.eval_size),
+                                   "--max_completion_length", str(CRITIQUE_TOKENS), "--cold_start_steps", "0",
+                                   "--output_dir", os.path.join(out, "gcrl " + name)]
+                                  + (["--learning_rate", str(rl_lr)] if rl_lr else []))
+        torch.manual_seed(seed)
+        gcrl.train(model, tok, gcrl.load_jsonl(rl_args.dataset), rows, rl_args, log=lambda *x: None)
+        after = measure(model, tok, rows, fmt, args, seed)
+        result["critiques_after_rl"] = after.pop("critiques")
+        result.update({"rl_steps": rl_steps, "rl_learning_rate": rl_args.learning_rate}
+                      | {"rl_" + k: v for k, v in after.items()})
+    result["seconds"] = round(time.time() - t)  # cold start + evaluation (+ GC-RL)
+    return result
 
 
 def main():
@@ -284,6 +324,10 @@ def main():
     p.add_argument("--num_threads", type=int, default=2)
     p.add_argument("--tiny_hidden_size", type=int, default=128, help="model width (gcrl's default 128)")
     p.add_argument("--tiny_num_layers", type=int, default=4, help="model depth (gcrl's default 4)")
+    p.add_argument("--rl_steps", type=int, default=0, help="then this many GC-RL steps, and measure again")
+    p.add_argument("--rl_learning_rate", type=float, default=None, help="GC-RL's lr (default: gcrl's, 3e-5)")
+    p.add_argument("--reuse_cold_start", action="store_true",
+                   help="load '--out/cold start <variant> seed<N>.pt' when an earlier run saved it, not re-train")
     a = p.parse_args()
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
@@ -293,9 +337,11 @@ def main():
     results = []
     for name in a.variants:
         torch.manual_seed(a.seed)
-        r = study(name, *VARIANTS[name], args, a.seed)
-        with open(os.path.join(a.out, f"critiques {name}.jsonl"), "w") as f:  # to read what the critic wrote
-            f.writelines(json.dumps(c) + "\n" for c in r.pop("critiques"))
+        r = study(name, *VARIANTS[name], args, a.seed, a.rl_steps, a.out, a.reuse_cold_start, a.rl_learning_rate)
+        for key, suffix in (("critiques", ""), ("critiques_after_rl", " after GC-RL")):
+            if key in r:  # to read what the critic wrote
+                with open(os.path.join(a.out, f"critiques {name}{suffix}.jsonl"), "w") as f:
+                    f.writelines(json.dumps(c) + "\n" for c in r.pop(key))
         results.append(r)
         with open(os.path.join(a.out, "study.jsonl"), "a") as f:
             f.write(json.dumps(r) + "\n")
@@ -309,6 +355,9 @@ def main():
     print("|---|---|" + "---|" * len(cols))
     for r in results:
         print(f"| {r['variant']} | {r['cold_start_steps']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+        if "rl_steps" in r:
+            print(f"| {r['variant']}, then {r['rl_steps']} GC-RL steps | {r['cold_start_steps']} | " +
+                  " | ".join(f"{r['rl_' + c]:.3f}" if "rl_" + c in r else "–" for c in cols) + " |")
 
 
 if __name__ == "__main__":

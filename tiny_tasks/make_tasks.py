@@ -26,7 +26,16 @@ SPLITS = [("arith_coldstart.jsonl", 1000), ("arith_train.jsonl", 4000), ("arith_
 def worked_solution(a, op, b, slip=None):
     """Column-wise steps for a op b; `slip` injects one mistake: 'carry' (drop the carry or
     borrow), 'fact' (the tens fact off by one), 'ones' (the ones fact off by one, carry kept) or
-    'copy' (final answer copied wrong). The data files below use the first, second and last."""
+    'copy' (final answer copied wrong) or 'read' (one digit of an operand misread by one, then
+    worked on faithfully); several joined by '+' ('ones+fact': both facts wrong).
+    The data files below use 'carry', 'fact' and 'copy'."""
+    slips = set((slip or "").split("+"))
+    if "read" in slips:  # e.g. 42-50 read as 42-40: every step follows from the misread question
+        place, step = random.choice([1, 10]), random.choice([-1, 1])
+        if random.random() < 0.5:
+            a = min(99, max(10, a + place * step))
+        else:
+            b = min(99, max(10, b + place * step))
     prefix, sign = "", 1
     if op == "-" and a < b:  # a-b = -(b-a), so every subtraction below has a >= b
         prefix, sign, a, b = f"-({b}-{a}):", -1, b, a
@@ -35,7 +44,7 @@ def worked_solution(a, op, b, slip=None):
         ones = a0 + b0
         carry = ones // 10
         ones_step, ones_digit = f"{a0}+{b0}={ones}", ones % 10
-        if slip == "carry":
+        if "carry" in slips:
             carry = 0
         tens = a1 + b1 + carry
         tens_step = f"{a1}+{b1}+{carry}={tens}"
@@ -44,18 +53,18 @@ def worked_solution(a, op, b, slip=None):
         top = a0 + 10 * borrow
         ones_digit = top - b0
         ones_step = f"{top}-{b0}={ones_digit}"
-        if slip == "carry":
+        if "carry" in slips:
             borrow = 0
         tens = a1 - b1 - borrow
         tens_step = f"{a1}-{b1}-{borrow}={tens}"
-    if slip == "ones":
+    if "ones" in slips:
         ones_digit += 1 if ones_digit < 9 else -1
         ones_step = ones_step.rsplit("=", 1)[0] + "=" + str(ones_digit + 10 * (op == "+" and carry))
-    if slip == "fact":
+    if "fact" in slips:
         tens += 1 if tens < 9 else -1
         tens_step = tens_step.rsplit("=", 1)[0] + f"={tens}"
     answer = sign * (tens * 10 + ones_digit)
-    if slip == "copy":
+    if "copy" in slips:
         answer += random.choice([-10, -1, 1, 10])
     return f"{prefix}{ones_step},{tens_step},\\boxed{{{answer}}}", answer
 
