@@ -1,10 +1,12 @@
 """Why the tiny critic sits at chance: cold-start variants of the critique format, each measured.
 
     python tiny_tasks/critic_study.py --variants "current recipe" longer      # about 9 min on 2 cores
-    python tiny_tasks/critic_study.py      # all 14 variants, seed 0: about 2 h 40 min
+    python tiny_tasks/critic_study.py      # all 16 variants, seed 0: about 3 h 50 min
+    python tiny_tasks/critic_study.py --variants "every step slipped + misreads" --rl_steps 100   # ~31 min
 
 Issue 4 asks for a tiny critic well above chance (>= 75 % balanced accuracy after GC-RL); this
-measures it after the cold start, where GC-RL starts from. A critique here re-derives the
+measures it after the cold start, where GC-RL starts from (and, with --rl_steps N, again after N
+steps of GC-RL with gcrl's defaults). A critique here re-derives the
 answer, then gives a verdict; it can fail in two places, so each variant is scored on both, on a
 1:1 balanced set of the model's own right/wrong responses to held-out questions (as gcrl's
 evaluation builds it), greedy decoding:
@@ -49,12 +51,14 @@ Variants (same data, same model, only the critique text and the cold-start budge
                    wrong (both facts off by one, or the ones fact and the carry; only the ones
                    fact where there is no carry), so repeating the steps of a wrong warm-up
                    response writes wrong steps, not only the one slipped step
-  every step slipped + misreads   the same, half the wrong solutions instead work on a misread
-                   operand ('42-50' as 42-40), the other kind of the model's own wrong responses
+  every step slipped + misreads   the same, but about half the wrong solutions instead work
+                   faithfully on a misread operand ('42-50' as 42-40; some with a fact slipped
+                   too), the other kind of the model's own wrong responses
   misreads, 1500 steps   the same data in half the steps (300 solve-only, then 1200 on everything)
 --tiny_hidden_size / --tiny_num_layers change the model (gcrl's defaults: 128 x 4).
-Not a test: it prints a table, writes one JSONL line per variant to --out/study.jsonl, and every
-critique it scored to '--out/critiques <variant>.jsonl'.
+Not a test: it prints a table, writes one JSONL line per variant to --out/study.jsonl, every
+critique it scored to '--out/critiques <variant>.jsonl' (and '... after GC-RL.jsonl'), and the
+cold-started model to '--out/cold start <variant> seed<N>.pt' (--reuse_cold_start loads it).
 """
 import argparse
 import json
