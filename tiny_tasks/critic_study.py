@@ -1,7 +1,7 @@
 """Why the tiny critic sits at chance: cold-start variants of the critique format, each measured.
 
     python tiny_tasks/critic_study.py --variants "current recipe" longer      # about 9 min on 2 cores
-    python tiny_tasks/critic_study.py      # all 16 variants, seed 0: about 3 h 50 min
+    python tiny_tasks/critic_study.py      # all 17 variants, seed 0: about 4 h 10 min
     python tiny_tasks/critic_study.py --variants "every step slipped + misreads" --rl_steps 100   # ~31 min
 
 Issue 4 asks for a tiny critic well above chance (>= 75 % balanced accuracy after GC-RL); this
@@ -55,6 +55,7 @@ Variants (same data, same model, only the critique text and the cold-start budge
                    faithfully on a misread operand ('42-50' as 42-40; some with a fact slipped
                    too), the other kind of the model's own wrong responses
   misreads, 1500 steps   the same data in half the steps (300 solve-only, then 1200 on everything)
+  misreads, 2200 steps   the same data in 2200 steps (440 solve-only, then 1760 on everything)
 --tiny_hidden_size / --tiny_num_layers change the model (gcrl's defaults: 128 x 4).
 Not a test: it prints a table, writes one JSONL line per variant to --out/study.jsonl, every
 critique it scored to '--out/critiques <variant>.jsonl' (and '... after GC-RL.jsonl'), and the
@@ -92,14 +93,15 @@ VARIANTS = {
     "3 wrong per right, every step slipped": ("fixed_pairs+every3", 3000, 0.2, 2),
     "every step slipped + misreads": ("fixed_pairs+misread3", 3000, 0.2, 2),
     "misreads, 1500 steps": ("fixed_pairs+misread3", 1500, 0.2, 2),
+    "misreads, 2200 steps": ("fixed_pairs+misread3", 2200, 0.2, 2),
 }
 
 WARMUP_SLIPS = ("carry", "fact", "copy")  # what tiny_tasks/arith_coldstart.jsonl's wrong solutions use
 ALL_SLIPS = ("ones", "carry", "fact", "copy")  # + a wrong ones fact, the tiny model's own commonest slip
 # Wrong at every step, so repeating any step of a wrong warm-up response writes a wrong step.
 EVERY_STEP_SLIPS = ("ones+fact", "ones+carry", "ones+fact+carry")
-# + an operand digit misread ('42-50' worked as 42-40): a third of the model's own wrong responses
-# set the question up wrong, and a critic that copies the response's setup copies that too.
+# + an operand digit misread ('42-50' worked as 42-40): over a quarter of the model's own wrong responses
+# set the question up wrong (31 of 109 in one run), and a critic that copies the response's setup copies that too.
 MISREAD_SLIPS = EVERY_STEP_SLIPS + ("read", "read+ones", "read+fact")
 SLIP_SETS = {"slips": ALL_SLIPS, "every": EVERY_STEP_SLIPS, "misread": MISREAD_SLIPS}
 
