@@ -296,9 +296,7 @@ def study(name, fmt, steps, solve_frac, copies, args, seed, rl_steps=0, out=".",
         gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
                  first_examples=solve, first_steps=int(steps * solve_frac))
         torch.save(model.state_dict(), saved)
-    rows = gcrl.load_jsonl(args.eval_dataset)[:args.eval_size]
-    for i, r in enumerate(rows):
-        r["id"] = i
+    rows = gcrl.load_jsonl(args.eval_dataset)[:args.eval_size]  # ids 0..n-1, set by load_jsonl
     result = {"variant": name, "seed": seed, "hidden_size": args.tiny_hidden_size, "num_layers": args.tiny_num_layers,
               "cold_start_steps": steps, **measure(model, tok, rows, fmt, args, seed)}
     seen = warmup[:len(rows)]  # as the data file has them, whatever the variant trained on
