@@ -65,7 +65,8 @@ def parse_args(argv=None):
       "question+answer: synthetic solve/critique/refine examples (tiny tasks); lines with "
       "question+response+critique: critique examples (as the paper distils for base models). "
       "Default: tiny_tasks/arith_coldstart.jsonl for the tiny model, none for --model.")
-    a("--cold_start_steps", type=int, default=800, help="SFT steps of the warm-up (0 = skip)")
+    a("--cold_start_steps", type=int, default=None, help="SFT steps of the warm-up (0 = skip). Default: 3000 "
+      "tiny (about 18 min on 2 CPU threads; fewer leave the tiny critic at chance), 800 with --model")
     a("--cold_start_lr", type=float, default=3e-3, help="SFT learning rate")
     a("--chat_template", default="auto", choices=["auto", "on", "off"],
       help="wrap prompts with the tokenizer's chat template. auto = on only when the tokenizer has one "
@@ -82,7 +83,7 @@ def parse_args(argv=None):
     a("--critique_batch_size", type=int, default=None,
       help="<question, response> pairs critiqued per step. Default: --train_batch_size.")
     a("--max_prompt_length", type=int, default=512, help="questions longer than this (tokens) are skipped")
-    a("--max_completion_length", type=int, default=None, help="new tokens per completion (default: 48 tiny, 1024 real)")
+    a("--max_completion_length", type=int, default=None, help="new tokens per completion (default: 64 tiny, 1024 real)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (log-probs use the same)")
     a("--generation_batch_size", type=int, default=256, help="sequences per generate() call (memory)")
     # label balancing and critique reward (paper section 3 and 5)
@@ -139,7 +140,9 @@ def parse_args(argv=None):
     if args.learning_rate is None:
         args.learning_rate = 3e-5 if tiny else 1e-6
     if args.max_completion_length is None:
-        args.max_completion_length = 48 if tiny else 1024
+        args.max_completion_length = 64 if tiny else 1024  # the tiny critiques are up to 53 tokens
+    if args.cold_start_steps is None:
+        args.cold_start_steps = 3000 if tiny else 800
     if args.cold_start is None and tiny:
         args.cold_start = os.path.join(HERE, "tiny_tasks", "arith_coldstart.jsonl")
     if args.device is None:
@@ -155,11 +158,11 @@ def check_args(parser, args, argv):
                  "max_nonfinite_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    for name in ("num_critiques", "critique_batch_size", "cache_size", "max_completion_length"):
+    for name in ("num_critiques", "critique_batch_size", "cache_size", "max_completion_length"):  # None: default
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
     for name in ("num_refinements", "eval_steps", "save_steps", "eval_size", "cold_start_steps", "beta"):
-        if getattr(args, name) < 0:
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             parser.error(f"--{name} must not be negative (got {getattr(args, name)})")
     if args.temperature <= 0:
         parser.error("--temperature must be positive (greedy decoding is used for evaluation only)")
@@ -1103,32 +1106,63 @@ def policy_update_metrics(stats):
 
 
 # ============================================================================ 10. Cold start (SFT)
+def fixed_width(answer):
+    """'85' -> '+085', '-4' -> '-004' (anything not an integer is kept as it is): written at one
+    width, each digit of two answers sits a constant distance from its partner, so a tiny model
+    can compare them digit by digit."""
+    try:
+        n = int(answer)
+    except ValueError:
+        return answer
+    return ("-" if n < 0 else "+") + str(abs(n)).zfill(3)
+
+
+def tiny_critique(solution, gold, given, ok):
+    """The warm-up critique of a response whose final answer is `given`; `solution` is the right
+    worked solution, `gold` its answer. It re-derives the answer step by step, writes both answers
+    side by side at a fixed width, then a check line of digit pairs, each followed by '=' or '!':
+
+    >>> tiny_critique("7+8=15,4+3+1=8,\\\\boxed{85}", "85", "95", ok=False)
+    'Recomputed: 7+8=15,4+3+1=8,+085 vs +095\\n++=00=89!55=\\nConclusion: wrong [END]'
+
+    Why this shape (tiny_tasks/critic_study.py measured each part): without the check line the tiny
+    model's verdict never learned to compare two numbers (0.50-0.55 even when given the right steps);
+    with it the verdict only has to notice a '!'.
+    """
+    ours, theirs = fixed_width(gold), fixed_width(given)
+    w = max(len(ours), len(theirs))  # only a non-integer answer differs in width; '_' pads it
+    check = "".join(a + b + ("=" if a == b else "!") for a, b in zip(ours.rjust(w, "_"), theirs.rjust(w, "_")))
+    work = solution.rsplit("\\boxed{", 1)[0]  # the steps before the boxed answer ('' if none)
+    return f"Recomputed: {work}{ours} vs {theirs}\n{check}\nConclusion: {'right' if ok else 'wrong'} [END]"
+
+
 def tiny_cold_start_examples(rows, rng):
     """Synthetic warm-up data in all three formats (solve, critique, refine) from data set rows.
 
-    A row with worked 'solution' / 'wrong_solution' (tiny_tasks/arith_coldstart.jsonl) gives
-      solve   : solve_prompt('47+38')                      -> '7+8=15,4+3+1=8,\\boxed{85}'
-      critique: critique_prompt(q, wrong_solution)         -> 'Recomputed: 7+8=15,4+3+1=8,85\n'
-                                                              'Conclusion: wrong [END]'
-      refine  : refine_prompt(q, response, critique)       -> the right solution
-    and the same critique/refine pair for the right solution. The critique re-derives the answer
-    step by step before its verdict, so judging is tied to solving. A row with only question and
-    answer falls back to '\\boxed{answer}' and a wrong answer off by a typical slip.
+    A row with a worked 'solution' and 'wrong_solutions' (tiny_tasks/arith_coldstart.jsonl: three
+    wrong ones, each slipped at every step or worked from a misread operand) gives
+      solve   : solve_prompt('47+38')                  -> '7+8=15,4+3+1=8,\\boxed{85}'
+      critique: critique_prompt(q, response)           -> tiny_critique(...), for the right
+                                                          solution and each wrong one
+      refine  : refine_prompt(q, response, critique)   -> the right solution
+    Three wrong solutions per right one, none sharing a right step with it, so "repeat the
+    response's steps" is never the way to a right critique (the tiny critic copied otherwise).
+    A row with one 'wrong_solution' uses that; a row with only question and answer falls back to
+    '\\boxed{answer}' and a wrong answer off by a typical slip.
     """
     examples = []
     for row in rows:
         q, gold = row["question"], row["answer"]
         right = row.get("solution") or "\\boxed{" + gold + "}"
-        wrong = row.get("wrong_solution")
-        if not wrong:
+        wrongs = row.get("wrong_solutions") or [row.get("wrong_solution")]
+        if not wrongs[0]:
             try:
-                wrong = "\\boxed{" + str(int(gold) + rng.choice([-10, -1, 1, 10])) + "}"
+                wrongs = ["\\boxed{" + str(int(gold) + rng.choice([-10, -1, 1, 10])) + "}"]
             except ValueError:
-                wrong = "\\boxed{" + gold + "0}"
-        steps = right.replace("\\boxed{" + gold + "}", gold)  # the re-derivation, without the box
+                wrongs = ["\\boxed{" + gold + "0}"]
         examples.append((solve_prompt(q), right))
-        for response, ok in ((right, True), (wrong, False)):
-            crit = "Recomputed: " + steps + "\nConclusion: " + ("right" if ok else "wrong") + " [END]"
+        for response, ok in [(right, True)] + [(w, False) for w in wrongs]:
+            crit = tiny_critique(right, gold, extract_boxed(response) or "", ok)
             examples.append((critique_prompt(q, response), crit))
             examples.append((refine_prompt(q, response, crit), right))
     return examples
@@ -1149,52 +1183,73 @@ def cold_start_examples(path, rng):
     return examples
 
 
-def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=None, first_steps=0, chat=False):
+def sft_backward(model, batch, pad_id, micro_batch_size=16):
+    """Backward of the SFT loss -mean log pi(target | prompt) over all target tokens of `batch`,
+    in length-sorted micro-batches; returns the loss (a float).
+
+    batch: [{"prompt_ids", "completion_ids"}] (the completion is the target, EOS included). Each
+    micro-batch's summed loss is divided by the WHOLE batch's token count, so the gradients add up
+    to one big batch's. Why split: the warm-up mixes short solve examples (~30 tokens), critiques
+    (~75) and refinements (~100 with a 75-token prompt); padded together, half of a batch of 64 is
+    padding. Sorted into micro-batches of 16: 0.41 s per step against 0.59 s (tiny model, 2 threads).
+    """
+    device = next(model.parameters()).device
+    num_tokens = sum(len(s["completion_ids"]) for s in batch)
+    total = 0.0
+    for mb in micro_batches(batch, micro_batch_size):
+        logp, cmask = batch_logprobs(model, mb, pad_id, device, 1.0)
+        loss = -(logp * cmask).sum() / num_tokens
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def sft(model, tokenizer, examples, steps, lr, batch_size, rng, first_examples=None, first_steps=0, chat=False,
+        micro_batch_size=16):
     """Supervised warm-up: maximise log pi(target | prompt) on completion tokens only.
 
     examples: [(prompt, target)]. The first `first_steps` steps draw from `first_examples` instead
     (a curriculum); the learning rate decays linearly to 0 over all steps, without a restart.
     """
-    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
     # prompts tokenised as generate() does (BOS etc. unless a chat template holds them); targets plain
     enc_prompt = lambda s: tokenizer(render_prompt(tokenizer, s, chat), add_special_tokens=not chat).input_ids
-    encode = lambda exs: [(enc_prompt(p), enc(t) + [tokenizer.eos_token_id]) for p, t in exs]
+    encode = lambda exs: [{"prompt_ids": enc_prompt(p), "completion_ids": enc(t) + [tokenizer.eos_token_id]}
+                          for p, t in exs]
     data, first = encode(examples), encode(first_examples or [])
     model.train()
-    loss = torch.tensor(float("nan"))
+    loss = float("nan")
     bar = tqdm(range(steps), desc="cold start", leave=False, dynamic_ncols=True)
     for step in bar:
         pool = first if step < first_steps and first else data
         batch = rng.sample(pool, min(batch_size, len(pool)))
-        ids, attn, cmask = collate([p for p, _ in batch], [t for _, t in batch], tokenizer.pad_token_id, device)
-        logp = completion_logprobs(model, ids, attn, cmask.shape[1])
-        loss = -(logp * cmask).sum() / cmask.sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = sft_backward(model, batch, tokenizer.pad_token_id, micro_batch_size)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for g in optimizer.param_groups:
             g["lr"] = lr * (1 - step / steps)
         optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return loss.item()
+        bar.set_postfix(loss=f"{loss:.3f}")
+    return loss
 
 
 def cold_start(model, tokenizer, examples, steps, lr, rng, batch_size=64, chat=False):
-    """Solving first, then all formats: 3/4 of the steps on solve examples, the rest on everything
-    (with the solve examples counted twice, so solving keeps being practised).
+    """Solving first, then all formats: 1/5 of the steps on solve examples, the rest on everything,
+    with solve and critique examples counted twice (solving keeps being practised; critiquing is
+    the hardest format to learn).
 
     The critique and the refinement re-use the solution's worked steps, so a model that can solve
-    picks the other formats up in few steps. Measured on the tiny model (2 threads): 600 steps on
-    solving alone reach 61 % greedy accuracy in 75 s, while 800 steps on the full mix reach 7 %
-    (the critique and refine prompts are 3-8x longer, so each step costs more too).
+    picks the other formats up. Measured on the tiny model (tiny_tasks/critic_study.py, 2 threads):
+    3000 steps give a critic at 0.83 / 0.78 balanced accuracy (seeds 0 / 1) and 0.91 / 0.71 greedy
+    generation accuracy; the same data in 1500 or 2200 steps left the check line unlearned (0.69, 0.54).
     """
     solve = [e for e in examples if e[0].endswith(SOLVE_INSTRUCTION)]
     if not solve or len(solve) == len(examples):
         return sft(model, tokenizer, examples, steps, lr, batch_size, rng, chat=chat)
-    return sft(model, tokenizer, examples + solve, steps, lr, batch_size, rng,
-               first_examples=solve, first_steps=steps * 3 // 4, chat=chat)
+    critique = [e for e in examples if e[0].endswith(CRITIQUE_INSTRUCTION)]
+    return sft(model, tokenizer, examples + solve + critique, steps, lr, batch_size, rng,
+               first_examples=solve, first_steps=steps // 5, chat=chat)
 
 
 # ============================================================================ 11. Evaluation

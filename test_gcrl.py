@@ -50,7 +50,7 @@ def warm_model(tok, easy_rows):
 def make_args(tmp_path, *extra):
     return gcrl.parse_args(["--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--train_batch_size", "4",
                             "--num_generations", "4", "--eval_steps", "0",
-                            "--max_completion_length", "24", "--learning_rate", "1e-3", "--device", "cpu",
+                            "--max_completion_length", "32", "--learning_rate", "1e-3", "--device", "cpu",
                             "--static_samples", "4", *extra])
 
 
@@ -60,9 +60,10 @@ def test_defaults_follow_trl_names_and_fill_in():
     assert args.mode == "gcrl" and args.num_critiques == args.num_generations
     assert args.epsilon_high == args.epsilon == 0.2
     assert args.critique_batch_size == args.train_batch_size
-    assert args.learning_rate == 3e-5 and args.max_completion_length == 48  # tiny-model defaults
+    assert args.learning_rate == 3e-5 and args.max_completion_length == 64  # tiny-model defaults
+    assert args.cold_start_steps == 3000 and args.cold_start.endswith("arith_coldstart.jsonl")
     real = gcrl.parse_args(["--model", "Qwen2.5-0.5B"])
-    assert real.learning_rate == 1e-6 and real.cold_start is None
+    assert real.learning_rate == 1e-6 and real.cold_start is None and real.cold_start_steps == 800
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -100,6 +101,8 @@ def test_tiny_data_sets_load_and_are_disjoint():
     assert not (qs["train"] & qs["test"]) and not (qs["coldstart"] & qs["test"])
     for r in splits["coldstart"][:50]:  # worked solutions check out under the verifier
         assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])
+        wrong_answers = {extract_boxed(w) for w in r["wrong_solutions"]}  # three, all wrong, all different
+        assert len(wrong_answers) == 3 and not any(verify(w, r["answer"]) for w in r["wrong_solutions"])
 
 
 @pytest.mark.parametrize("line, message", [
@@ -579,14 +582,55 @@ def test_k3_kl_term_is_zero_at_reference_and_positive_away():
 
 
 # ---------------------------------------------------------------------------- 10. cold start
+def test_tiny_critique_compares_fixed_width_answers_digit_by_digit():
+    assert [gcrl.fixed_width(a) for a in ("85", "-4", "103", "x")] == ["+085", "-004", "+103", "x"]
+    text = gcrl.tiny_critique("5+8=13,5+4+1=10,\\boxed{103}", "103", "93", ok=False)
+    assert text == "Recomputed: 5+8=13,5+4+1=10,+103 vs +093\n++=10!09!33=\nConclusion: wrong [END]"
+    neg = gcrl.tiny_critique("-(78-58):8-8=0,7-5-0=2,\\boxed{-20}", "-20", "-20", ok=True)
+    assert neg == "Recomputed: -(78-58):8-8=0,7-5-0=2,-020 vs -020\n--=00=22=00=\nConclusion: right [END]"
+    unboxed = gcrl.tiny_critique("\\boxed{7}", "7", "", ok=False)  # a response without an answer: '_' marks
+    assert unboxed.split("\n")[1] == "+_!0_!0_!7_!" and gcrl.parse_verdict(unboxed) == "wrong"
+
+
 def test_tiny_cold_start_examples_cover_three_formats():
     row = {"question": "47+38", "answer": "85", "solution": "7+8=15,4+3+1=8,\\boxed{85}",
            "wrong_solution": "7+8=15,4+3+0=7,\\boxed{75}"}
     ex = gcrl.tiny_cold_start_examples([row], random.Random(0))
     assert len(ex) == 5
-    verdicts = [gcrl.parse_verdict(t) for p, t in ex if "#Instruction#: Please verify" in p]
+    verdicts = [gcrl.parse_verdict(t) for p, t in ex if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
     assert verdicts == ["correct", "wrong"]
-    assert all(gcrl.verify(t, "85") for p, t in ex if "#Instruction#: Please verify" not in p)
+    assert all(gcrl.verify(t, "85") for p, t in ex if not p.endswith(gcrl.CRITIQUE_INSTRUCTION))
+    three = {**row, "wrong_solutions": ["7+8=16,4+3+1=9,\\boxed{96}", "7+8=6,4+3+0=7,\\boxed{76}",
+                                        "7+9=16,4+3+1=8,\\boxed{86}"]}  # they replace the single one
+    crits = [t for p, t in gcrl.tiny_cold_start_examples([three], random.Random(0))
+             if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
+    assert [c.split("\n")[0][-4:] for c in crits] == ["+085", "+096", "+076", "+086"]  # the answer it reads
+    assert [gcrl.parse_verdict(c) for c in crits] == ["correct", "wrong", "wrong", "wrong"]
+    assert all(c.startswith("Recomputed: 7+8=15,4+3+1=8,+085 vs ") for c in crits)  # always the right steps
+
+
+def test_cold_start_counts_solve_and_critique_twice_after_a_solve_only_fifth(monkeypatch, easy_rows):
+    seen = {}
+    monkeypatch.setattr(gcrl, "sft", lambda model, tok, examples, steps, lr, bs, rng, **kw: seen.update(examples=examples, **kw))
+    examples = gcrl.tiny_cold_start_examples(easy_rows, random.Random(0))
+    gcrl.cold_start(None, None, examples, 100, 1e-3, random.Random(0))
+    for instruction, copies in ((gcrl.SOLVE_INSTRUCTION, 2), (gcrl.CRITIQUE_INSTRUCTION, 2), (gcrl.REFINE_INSTRUCTION, 1)):
+        count = lambda exs: sum(p.endswith(instruction) for p, _ in exs)
+        assert count(seen["examples"]) == copies * count(examples) > 0
+    assert seen["first_steps"] == 20 and all(p.endswith(gcrl.SOLVE_INSTRUCTION) for p, _ in seen["first_examples"])
+
+
+def test_sft_micro_batches_give_the_gradient_of_one_batch(tok, easy_rows):
+    model = gcrl.build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)
+    batch = [{"prompt_ids": tok(p).input_ids, "completion_ids": tok(t, add_special_tokens=False).input_ids + [1]}
+             for p, t in gcrl.tiny_cold_start_examples(easy_rows, random.Random(0))]
+    grads, losses = [], []
+    for size in (len(batch), 3):  # one batch; length-sorted micro-batches of 3
+        model.zero_grad()
+        losses.append(gcrl.sft_backward(model, batch, tok.pad_token_id, size))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 1.0  # untrained: high loss
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().max() > 1e-3
 
 
 def test_cold_start_file_with_critiques(tmp_path):
@@ -774,9 +818,8 @@ def test_critic_study_formats_compare_right_aligned_digits_and_parse_back():
 
 def test_critic_study_fixed_width_and_own_notation_formats():
     study = _tiny_task_script("critic_study")
-    assert [study.fixed_width(a) for a in ("85", "-4", "103", "x")] == ["+085", "-004", "+103", "x"]
     text = study.critique_text("fixed_pairs", "5+8=13,5+4+1=10,103", "103", "93", False)
-    assert text == "Recomputed: 5+8=13,5+4+1=10,+103 vs +093\n++=10!09!33=\nConclusion: wrong [END]"
+    assert text == gcrl.tiny_critique("5+8=13,5+4+1=10,\\boxed{103}", "103", "93", False)  # gcrl's warm-up
     assert study.same_answer(study.recomputed_answer(text), "103") and not study.same_answer("+093", "103")
     own = study.critique_text("notation", "-(78-58):8-8=0,7-5-0=2,-20", "-20", "-30", False)
     assert own.startswith("Recomputed: ~(78~58):8~8>0,7~5~0>2,-20 vs -30\n")  # the compared answer keeps its '-'

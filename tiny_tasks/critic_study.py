@@ -25,7 +25,7 @@ evaluation builds it), greedy decoding:
                                       warm-up questions / on held-out ones: does the verdict
                                       compare the two answers, or recall the question?
 Variants (same data, same model, only the critique text and the cold-start budget differ):
-  current recipe   gcrl's cold start: 800 steps, 3/4 solve-only, 'Recomputed: <steps>'
+  current recipe   gcrl's cold start before this study: 800 steps, 3/4 solve-only, 'Recomputed: <steps>'
   longer           1200 steps, 1/2 solve-only, critique examples counted twice
   side by side     as longer, the answers written next to each other: '..., 85 vs 95'
   digit check      as side by side, plus a digit-by-digit check: 'Check: 8!=9,5=5'
@@ -96,13 +96,13 @@ VARIANTS = {
     "misreads, 2200 steps": ("fixed_pairs+misread3", 2200, 0.2, 2),
 }
 
-WARMUP_SLIPS = ("carry", "fact", "copy")  # what tiny_tasks/arith_coldstart.jsonl's wrong solutions use
+WARMUP_SLIPS = ("carry", "fact", "copy")  # what tiny_tasks/arith_coldstart.jsonl's "wrong_solution" uses
 ALL_SLIPS = ("ones", "carry", "fact", "copy")  # + a wrong ones fact, the tiny model's own commonest slip
-# Wrong at every step, so repeating any step of a wrong warm-up response writes a wrong step.
-EVERY_STEP_SLIPS = ("ones+fact", "ones+carry", "ones+fact+carry")
+# Wrong at every step, so repeating any step of a wrong warm-up response writes a wrong step; then
 # + an operand digit misread ('42-50' worked as 42-40): over a quarter of the model's own wrong responses
 # set the question up wrong (31 of 109 in one run), and a critic that copies the response's setup copies that too.
-MISREAD_SLIPS = EVERY_STEP_SLIPS + ("read", "read+ones", "read+fact")
+# The last set is what arith_coldstart.jsonl's "wrong_solutions" (gcrl's warm-up) are drawn from.
+EVERY_STEP_SLIPS, MISREAD_SLIPS = make_tasks.EVERY_STEP_SLIPS, make_tasks.WRONG_SLIPS
 SLIP_SETS = {"slips": ALL_SLIPS, "every": EVERY_STEP_SLIPS, "misread": MISREAD_SLIPS}
 
 # The critic's steps in symbols the solution never uses. The guess: re-deriving '4+3+1=' next to a
@@ -115,28 +115,18 @@ NOTATION = str.maketrans({"+": "&", "-": "~", "=": ">"})
 CRITIQUE_TOKENS = 64  # the longest warm-up critique (digit check, '-(..)' questions) is 58 tokens
 
 
-def fixed_width(answer):
-    """'85' -> '+085', '-4' -> '-004': every digit of every answer at the same place, so comparing
-    two answers digit by digit looks a constant distance back (not one that depends on their lengths)."""
-    try:
-        n = int(answer)
-    except ValueError:
-        return answer
-    return ("-" if n < 0 else "+") + str(abs(n)).zfill(3)
-
-
 def critique_text(fmt, steps, gold, given, ok):
     """The warm-up critique of a response whose final answer is `given` (gold: the true answer)."""
     verdict = "\nConclusion: " + ("right" if ok else "wrong") + " [END]"
     fmt = fmt.split("+")[0]
-    if fmt == "recompute":  # what gcrl.tiny_cold_start_examples writes
+    if fmt == "recompute":  # gcrl's warm-up critique before this study (now 'fixed_pairs': gcrl.tiny_critique)
         return "Recomputed: " + steps + verdict
     if fmt.startswith("notation"):  # re-write the steps, not the answer that gets compared
         *work, answer = steps.split(",")
         steps = ",".join([w.translate(NOTATION) for w in work] + [answer])
     if fmt.startswith("fixed"):
         *work, _ = steps.split(",")
-        steps, gold, given = ",".join(work + [fixed_width(gold)]), fixed_width(gold), fixed_width(given)
+        steps, gold, given = ",".join(work + [gcrl.fixed_width(gold)]), gcrl.fixed_width(gold), gcrl.fixed_width(given)
     text = "Recomputed: " + steps + " vs " + given
     line = check_line(fmt, gold, given)
     return text + ("\n" + line if line else "") + verdict
@@ -280,7 +270,8 @@ def measure(model, tok, rows, fmt, args, seed):
 def study(name, fmt, steps, solve_frac, copies, args, seed, rl_steps=0, out=".", reuse=False, rl_lr=None):
     tok = gcrl.build_tiny_tokenizer()
     model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
-    warmup = gcrl.load_jsonl(args.cold_start)
+    # the file's single wrong solution per question; the variants with slips draw their own
+    warmup = [{k: v for k, v in r.items() if k != "wrong_solutions"} for r in gcrl.load_jsonl(args.cold_start)]
     slips = fmt.split("+")[-1].rstrip("3")
     if slips in SLIP_SETS:  # the same questions, wrong solutions re-drawn from those slips (3 each for '...3')
         train = with_worked_solutions(warmup, random.Random(seed), SLIP_SETS[slips], 3 if fmt.endswith("3") else 1)

@@ -1,17 +1,21 @@
 """The paper's comparisons in miniature: every arm, several seeds, one command.
 
-    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about half an hour on 2 cores)
-    python tiny_tasks/reproduce.py --quick    # 1 seed, few steps: checks that everything runs
+    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about 40 min on 2 cores)
+    python tiny_tasks/reproduce.py --quick    # 1 seed, few steps, short cold start: checks that everything runs
 
-Arms (paper section 4-5), all from the SAME cold-started model of each seed, on the same
-questions with the same step budget; only the method differs:
+Arms (paper section 4-5), all from the SAME cold-started model, on the same questions with the
+same step budget; only the method differs:
   cold start only | G-RL (--mode grpo) | C-RL (--mode critique, static balanced set)
   GC-RL with the data filter | GC-RL with random sampling | random + re-weighted reward (Eq. 3)
   GC-RL with the filter + vote denoising (Eq. 4, one refinement per critique, as the paper)
-Writes one JSONL line per run (final metrics) to --out and prints a markdown table of
+The cold start is gcrl's tiny default (3000 SFT steps, about 18 min on 2 cores: the part of the
+run that makes the tiny critic learnable). One cold start (--cold_start_seed, default 0) is shared
+by every seed, so the seeds vary the RL run only (its questions' order, the sampled responses and
+critiques, the eval critique set); --cold_start_seed -1 gives each seed its own cold start, about
+18 min more per seed. Writes one JSONL line per run (final metrics) to --out and prints a markdown table of
 mean +- standard error over seeds: greedy generation accuracy, balanced critique accuracy, the
 critic's rate of "right" verdicts, plus the total wall time. Then the paper's claims as paired
-contrasts: the difference between two arms within each seed (both start from that seed's
+contrasts: the difference between two arms within each seed (both start from the same
 cold-started model), mean +- standard error over seeds, so cold-start luck cancels out.
     python tiny_tasks/reproduce.py --from_runs runs/reproduce/runs.jsonl   # tables only, no training
 (the wall time is printed by the run itself; each line of runs.jsonl keeps its own seconds).
@@ -26,6 +30,7 @@ import sys
 import time
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gcrl  # noqa: E402
@@ -92,12 +97,28 @@ def print_tables(lines):
             print(f"| {a} - {b} | {names[key]} | {mean_se([d for _, d in diffs], '+')} | {per_seed} |")
 
 
+def make_cold_start(seed, steps, out_dir):
+    """gcrl's tiny cold start (as `python gcrl.py --seed SEED` does it), saved to out_dir; returns out_dir."""
+    args = gcrl.parse_args(["--seed", str(seed), "--device", "cpu", "--output_dir", out_dir]
+                           + (["--cold_start_steps", str(steps)] if steps is not None else []))
+    torch.manual_seed(seed)
+    model, tok = gcrl.load_model(args)
+    examples = gcrl.cold_start_examples(args.cold_start, random.Random(seed))
+    gcrl.cold_start(model, tok, examples, args.cold_start_steps, args.cold_start_lr, random.Random(seed))
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max_steps", type=int, default=40)
     p.add_argument("--eval_size", type=int, default=200)
-    p.add_argument("--quick", action="store_true", help="1 seed, 6 steps, 50 eval questions")
+    p.add_argument("--quick", action="store_true", help="1 seed, 6 steps, 50 eval questions, 200 cold-start steps")
+    p.add_argument("--cold_start_seed", type=int, default=0,
+                   help="the seed of the one cold start every seed's arms start from (-1: one per seed)")
+    p.add_argument("--cold_start_steps", type=int, default=None, help="SFT steps of the cold start (default: gcrl's)")
     p.add_argument("--out", default=os.path.join("runs", "reproduce"))
     p.add_argument("--num_threads", type=int, default=2)
     p.add_argument("--from_runs", default=None, help="print the tables of an earlier runs.jsonl, train nothing")
@@ -108,28 +129,28 @@ def main():
         print(f"{len(lines)} runs from {a.from_runs}: seeds {sorted({r['seed'] for r in lines})}\n")
         return print_tables(lines)
     if a.quick:
-        a.seeds, a.max_steps, a.eval_size = a.seeds[:1], 6, 50
+        a.seeds, a.max_steps, a.eval_size, a.cold_start_steps = a.seeds[:1], 6, 50, 200
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
     results_path = os.path.join(a.out, "runs.jsonl")
     open(results_path, "w").close()
     t0 = time.time()
     lines = []
+    defaults = gcrl.parse_args([])  # gcrl's tiny data sets
+    rows, eval_rows = gcrl.load_jsonl(defaults.dataset), gcrl.load_jsonl(defaults.eval_dataset)[:a.eval_size]
+    cold_dirs = {}  # cold-start seed -> the directory its model is saved in
     for seed in a.seeds:
         common = ["--seed", str(seed), "--max_steps", str(a.max_steps), "--eval_size", str(a.eval_size),
                   "--eval_steps", "0", "--device", "cpu"]
-        base = gcrl.parse_args(common + ["--output_dir", os.path.join(a.out, f"seed{seed}-coldstart")])
-        torch.manual_seed(seed)
-        model, tok = gcrl.load_model(base)
-        rows = gcrl.load_jsonl(base.dataset)
-        eval_rows = gcrl.load_jsonl(base.eval_dataset)[:a.eval_size]
-        examples = gcrl.cold_start_examples(base.cold_start, random.Random(seed))
-        gcrl.cold_start(model, tok, examples, base.cold_start_steps, base.cold_start_lr, random.Random(seed))
-        cold_dir = base.output_dir
-        model.save_pretrained(cold_dir)
-        tok.save_pretrained(cold_dir)
+        cold_seed = seed if a.cold_start_seed < 0 else a.cold_start_seed
+        if cold_seed not in cold_dirs:
+            t = time.time()
+            cold_dirs[cold_seed] = make_cold_start(cold_seed, a.cold_start_steps,
+                                                   os.path.join(a.out, f"coldstart-seed{cold_seed}"))
+            print(f"cold start (seed {cold_seed}): {time.time() - t:.0f} s, saved to {cold_dirs[cold_seed]}", flush=True)
+        cold_dir = cold_dirs[cold_seed]
+        tok = AutoTokenizer.from_pretrained(cold_dir)
         for arm, flags in ARMS.items():
-            from transformers import AutoModelForCausalLM
             t = time.time()
             args = gcrl.parse_args(common + (flags or ["--max_steps", "1"]) +
                                    ["--output_dir", os.path.join(a.out, f"seed{seed}-{arm.replace(' ', '_')}")])
@@ -140,12 +161,14 @@ def main():
             final = {k: history[-1][k] for k, _ in COLUMNS if k in history[-1]}
             if not flags:  # cold start only: the step-0 evaluation is the result
                 final = {k: history[0][k] for k, _ in COLUMNS}
-            line = {"arm": arm, "seed": seed, "steps": args.max_steps, "seconds": round(time.time() - t, 1), **final}
+            line = {"arm": arm, "seed": seed, "cold_start_seed": cold_seed, "steps": args.max_steps,
+                    "seconds": round(time.time() - t, 1), **final}
             lines.append(line)
             with open(results_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
             print(json.dumps(line), flush=True)
-    print(f"\n{len(a.seeds)} seed(s) {a.seeds}, {a.max_steps} RL steps, {a.eval_size} eval questions; "
+    print(f"\n{len(a.seeds)} seed(s) {a.seeds}, cold start(s) of seed(s) {sorted(cold_dirs)}, {a.max_steps} RL steps, "
+          f"{a.eval_size} eval questions; "
           f"total wall time {time.time() - t0:.0f} s\n")
     print_tables(lines)
 
