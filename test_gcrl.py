@@ -620,6 +620,14 @@ def test_cold_start_counts_solve_and_critique_twice_after_a_solve_only_fifth(mon
     assert seen["first_steps"] == 20 and all(p.endswith(gcrl.SOLVE_INSTRUCTION) for p, _ in seen["first_examples"])
 
 
+def test_tiny_warmup_critiques_fit_the_default_completion_length(tok):
+    rows = gcrl.load_jsonl("tiny_tasks/arith_coldstart.jsonl")
+    crits = [t for p, t in gcrl.tiny_cold_start_examples(rows, random.Random(0)) if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
+    assert len(crits) == 4 * len(rows)  # the right solution and three wrong ones per question
+    longest = max(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in crits)  # + EOS
+    assert longest <= gcrl.parse_args([]).max_completion_length, longest  # else every long critique is cut off
+
+
 def test_sft_micro_batches_give_the_gradient_of_one_batch(tok, easy_rows):
     model = gcrl.build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)
     batch = [{"prompt_ids": tok(p).input_ids, "completion_ids": tok(t, add_special_tokens=False).input_ids + [1]}
@@ -890,3 +898,10 @@ def test_critic_study_warmup_critiques_fit_the_critique_budget():
         crits = [t for p, t in study.warmup_examples(rows, fmt, 1) if "#Instruction#: Please verify" in p]
         longest = max(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in crits)  # + EOS
         assert longest <= study.CRITIQUE_TOKENS, (fmt, longest)
+
+
+# ---------------------------------------------------------------------------- docstrings
+def test_docstring_examples_hold():
+    import doctest
+    failed, attempted = doctest.testmod(gcrl, optionflags=doctest.ELLIPSIS)
+    assert failed == 0 and attempted >= 15

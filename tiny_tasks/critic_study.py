@@ -1,4 +1,6 @@
-"""Why the tiny critic sits at chance: cold-start variants of the critique format, each measured.
+"""Why the tiny critic sat at chance: cold-start variants of the critique format, each measured.
+("every step slipped + misreads" is now gcrl's own tiny warm-up: gcrl.tiny_critique, and the
+"wrong_solutions" of arith_coldstart.jsonl.)
 
     python tiny_tasks/critic_study.py --variants "current recipe" longer      # about 9 min on 2 cores
     python tiny_tasks/critic_study.py      # all 17 variants, seed 0: about 4 h 10 min

@@ -16,7 +16,7 @@ critiques, the eval critique set); --cold_start_seed -1 gives each seed its own 
 mean +- standard error over seeds: greedy generation accuracy, balanced critique accuracy, the
 critic's rate of "right" verdicts, plus the total wall time. Then the paper's claims as paired
 contrasts: the difference between two arms within each seed (both start from the same
-cold-started model), mean +- standard error over seeds, so cold-start luck cancels out.
+cold-started model and are scored on the same eval set), mean +- standard error over seeds.
     python tiny_tasks/reproduce.py --from_runs runs/reproduce/runs.jsonl   # tables only, no training
 (the wall time is printed by the run itself; each line of runs.jsonl keeps its own seconds).
 """
