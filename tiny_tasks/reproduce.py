@@ -160,7 +160,7 @@ def main():
             history = gcrl.train(policy, tok, rows, eval_rows, args, log=lambda *x: None)
             final = {k: history[-1][k] for k, _ in COLUMNS if k in history[-1]}
             if not flags:  # cold start only: the step-0 evaluation is the result
-                final = {k: history[0][k] for k, _ in COLUMNS}
+                final = {k: history[0][k] for k, _ in COLUMNS if k in history[0]}  # no critique set: no critique keys
             line = {"arm": arm, "seed": seed, "cold_start_seed": cold_seed, "steps": args.max_steps,
                     "seconds": round(time.time() - t, 1), **final}
             lines.append(line)
