@@ -220,22 +220,13 @@ def score_critiques(pairs, texts, questions, fmt=None):
 def with_worked_solutions(rows, rng, slips=WARMUP_SLIPS, num_wrong=1):
     """Questions ('47+38') with a worked right and a slipped wrong solution, as in the warm-up;
     num_wrong > 1 also gives 'wrong_solutions', that many with different wrong answers."""
-    state = random.getstate()
-    random.seed(rng.random())  # make_tasks' 'copy' slip draws from the module-level generator
+    draws = random.Random(rng.random())  # misread digits and miscopied answers, apart from the slip choices
     out = []
     for r in rows:
         a, op, b = int(r["question"][:2]), r["question"][2], int(r["question"][3:])
-        right, answer = make_tasks.worked_solution(a, op, b)
-        wrongs = {}
-        for _ in range(100):  # a question may have fewer distinct slips than asked for
-            wrong, wrong_answer = make_tasks.worked_solution(a, op, b, rng.choice(slips))
-            if wrong_answer != answer:
-                wrongs.setdefault(wrong_answer, wrong)
-            if len(wrongs) == num_wrong:
-                break
-        out.append({**r, "solution": right, "wrong_solution": next(iter(wrongs.values()))}
-                   | ({"wrong_solutions": list(wrongs.values())} if num_wrong > 1 else {}))
-    random.setstate(state)
+        wrongs = make_tasks.wrong_solutions(a, op, b, rng, num_wrong, slips, draws)
+        out.append({**r, "solution": make_tasks.worked_solution(a, op, b)[0], "wrong_solution": wrongs[0]}
+                   | ({"wrong_solutions": wrongs} if num_wrong > 1 else {}))
     return out
 
 

@@ -79,12 +79,13 @@ EVERY_STEP_SLIPS = ("ones+fact", "ones+carry", "ones+fact+carry")
 WRONG_SLIPS = EVERY_STEP_SLIPS + ("read", "read+ones", "read+fact")
 
 
-def wrong_solutions(a, op, b, rng, num=3, slips=WRONG_SLIPS):
-    """`num` slipped solutions of a op b with different wrong answers (fewer if the question has fewer)."""
+def wrong_solutions(a, op, b, rng, num=3, slips=WRONG_SLIPS, draws=None):
+    """`num` slipped solutions of a op b with different wrong answers (fewer if the question has fewer).
+    `rng` picks the slips; `draws` (default: rng) the misread digit and the miscopied answer."""
     right = a + b if op == "+" else a - b
     found = {}
     for _ in range(100):
-        text, answer = worked_solution(a, op, b, rng.choice(slips), rng)
+        text, answer = worked_solution(a, op, b, rng.choice(slips), draws or rng)
         if answer != right:
             found.setdefault(answer, text)
         if len(found) == num:
