@@ -82,7 +82,9 @@ def parse_args(argv=None):
       "rollout). Default: --num_generations in modes that critique.")
     a("--critique_batch_size", type=int, default=None,
       help="<question, response> pairs critiqued per step. Default: --train_batch_size.")
-    a("--max_prompt_length", type=int, default=512, help="questions longer than this (tokens) are skipped")
+    a("--max_prompt_length", type=int, default=None, help="longest prompt (tokens) sent to the model: solve, critique "
+      "and refinement prompts alike; a longer one is skipped, never truncated, and counted (prompts/skipped_*). "
+      "Default: 512 + 2 x --max_completion_length, room for a 512-token question's critique and refinement prompts")
     a("--max_completion_length", type=int, default=None, help="new tokens per completion (default: 64 tiny, 1024 real)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (log-probs use the same)")
     a("--generation_batch_size", type=int, default=256, help="sequences per generate() call (memory)")
@@ -110,8 +112,12 @@ def parse_args(argv=None):
     a("--epsilon", type=float, default=0.2, help="PPO clip, lower")
     a("--epsilon_high", type=float, default=None, help="PPO clip, upper (DAPO clip-higher). Default: --epsilon")
     a("--beta", type=float, default=0.0, help="k3 KL coefficient to a frozen reference model (0 = no reference model)")
+    a("--use_bias_correction_kl", action=argparse.BooleanOptionalAction, default=False,
+      help="multiply k3 by pi/pi_old (TRL's default); off: verl's low_var_kl, as the paper (see policy_loss)")
     a("--num_iterations", type=int, default=1, help="inner epochs over each step's samples (PPO mu)")
-    a("--steps_per_generation", type=int, default=1, help="optimizer steps per rollout batch (PPO mini-batches)")
+    a("--num_mini_batches", type=int, default=1, help="optimizer steps per rollout: a step's samples are split into "
+      "this many mini-batches (verl: train_batch_size / ppo_mini_batch_size; dapo's token mean is per mini-batch)")
+    a("--steps_per_generation", type=int, default=None, help=argparse.SUPPRESS)  # TRL's flag means something else
     a("--per_device_train_batch_size", type=int, default=64, help="sequences per forward/backward micro-batch")
     a("--learning_rate", type=float, default=None, help="AdamW lr (default: 3e-5 tiny, 1e-6 real, as the paper)")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping")
@@ -141,6 +147,8 @@ def parse_args(argv=None):
         args.learning_rate = 3e-5 if tiny else 1e-6
     if args.max_completion_length is None:
         args.max_completion_length = 64 if tiny else 1024  # the tiny critiques are up to 53 tokens
+    if args.max_prompt_length is None:
+        args.max_prompt_length = 512 + 2 * args.max_completion_length
     if args.cold_start_steps is None:
         args.cold_start_steps = 3000 if tiny else 800
     if args.cold_start is None and tiny:
@@ -153,12 +161,16 @@ def parse_args(argv=None):
 
 def check_args(parser, args, argv):
     """Impossible settings fail at start-up, one line each (argparse prints 'error: ...' and exits 2)."""
-    for name in ("max_steps", "train_batch_size", "num_generations", "num_iterations", "steps_per_generation",
-                 "per_device_train_batch_size", "generation_batch_size", "static_samples", "max_prompt_length",
+    if args.steps_per_generation is not None:
+        parser.error("--steps_per_generation is TRL's micro-batches per generation, which gcrl does not have; "
+                     "optimizer steps per rollout are --num_mini_batches")
+    for name in ("max_steps", "train_batch_size", "num_generations", "num_iterations", "num_mini_batches",
+                 "per_device_train_batch_size", "generation_batch_size", "static_samples",
                  "max_nonfinite_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    for name in ("num_critiques", "critique_batch_size", "cache_size", "max_completion_length"):  # None: default
+    for name in ("num_critiques", "critique_batch_size", "cache_size", "max_completion_length",
+                 "max_prompt_length"):  # None: default
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
     for name in ("num_refinements", "eval_steps", "save_steps", "eval_size", "cold_start_steps", "beta"):
@@ -177,8 +189,8 @@ def check_args(parser, args, argv):
     cache_flags = [f for f in critique_flags if f in ("--label_balance", "--cache_size")]
     if args.mode == "critique" and cache_flags:
         parser.error(f"{cache_flags[0]} has no effect with --mode critique (its static set is always balanced)")
-    if args.mode == "grpo" and (args.train_batch_size * args.num_generations) % args.steps_per_generation:
-        parser.error(f"--steps_per_generation {args.steps_per_generation} does not divide the "
+    if args.mode == "grpo" and (args.train_batch_size * args.num_generations) % args.num_mini_batches:
+        parser.error(f"--num_mini_batches {args.num_mini_batches} does not divide the "
                      f"{args.train_batch_size * args.num_generations} responses of a step")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file, not a directory")
@@ -703,6 +715,13 @@ def render_prompt(tokenizer, text, chat):
                                          add_generation_prompt=True)
 
 
+def prompt_fits(tokenizer, prompts, max_length, chat):
+    """Which prompts fit in max_length tokens as the model sees them (section 4 tokenises the same way).
+    The one rule for every prompt gcrl builds: one that does not fit is skipped, never truncated."""
+    ids = tokenizer([render_prompt(tokenizer, p, chat) for p in prompts], add_special_tokens=not chat).input_ids
+    return [len(i) <= max_length for i in ids]
+
+
 # Bounded gaps: with open-ended \s*\**\s* a critique of 'Conclusion:' and 20,000 spaces took 6 s
 # (quadratic backtracking); bounded, the work per match start is constant.
 VERDICT_RE = re.compile(r"Conclusion:\s{0,8}\*{0,2}\s{0,8}(right|wrong)\s{0,8}\*{0,2}\s{0,8}\[END\]", re.IGNORECASE)
@@ -743,29 +762,37 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
     """
     from transformers import GenerationConfig
     eos = tokenizer.eos_token_id
-    config = GenerationConfig(  # built fresh so a model's own defaults (top_k=50, ...) do not leak in
-        do_sample=not greedy, temperature=temperature if not greedy else None, top_k=0 if not greedy else None,
-        top_p=1.0 if not greedy else None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos)
+    # Plain sampling from softmax(logits / T), or plain argmax: the distribution the loss assumes.
+    # generate() fills every field left unset from model.generation_config (a checkpoint may ship
+    # top_k, top_p, repetition_penalty, ...), so that config is swapped for a blank one below, and
+    # top_k is set because the library's own default is 50.
+    config = GenerationConfig(do_sample=not greedy, num_beams=1, temperature=1.0 if greedy else temperature,
+                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=eos)
     expanded = [render_prompt(tokenizer, p, chat) for p in prompts for _ in range(num_samples)]
     out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
     device = next(model.parameters()).device
-    was_training = model.training
+    was_training, own_config = model.training, model.generation_config
     model.eval()
-    for s in range(0, len(expanded), batch_size):
-        # a chat template already holds the special tokens (BOS etc.): add none twice
-        enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=not chat).to(device)
-        with autocast(model):
-            seqs = model.generate(**enc, generation_config=config)
-        completions = seqs[:, enc.input_ids.shape[1]:]
-        lengths, truncated = completion_lengths(completions, eos)
-        for row, ids, mask, n in zip(completions.tolist(), enc.input_ids.tolist(), enc.attention_mask.tolist(), lengths):
-            out["prompt_ids"].append([t for t, m in zip(ids, mask) if m])
-            out["completion_ids"].append(row[:n])
-            out["texts"].append(tokenizer.decode(row[:n], skip_special_tokens=True))
-        out["truncated"] += truncated
-    model.train(was_training)
+    model.generation_config = GenerationConfig()
+    try:
+        for s in range(0, len(expanded), batch_size):
+            # a chat template already holds the special tokens (BOS etc.): add none twice
+            enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=not chat).to(device)
+            with autocast(model):
+                seqs = model.generate(**enc, generation_config=config)
+            completions = seqs[:, enc.input_ids.shape[1]:]
+            lengths, truncated = completion_lengths(completions, eos)
+            for row, ids, mask, n in zip(completions.tolist(), enc.input_ids.tolist(), enc.attention_mask.tolist(),
+                                         lengths):
+                out["prompt_ids"].append([t for t, m in zip(ids, mask) if m])
+                out["completion_ids"].append(row[:n])
+                out["texts"].append(tokenizer.decode(row[:n], skip_special_tokens=True))
+            out["truncated"] += truncated
+    finally:
+        model.generation_config = own_config
+        model.train(was_training)
     return out
 
 
@@ -821,17 +848,18 @@ def completion_logprobs(model, input_ids, attention_mask, num_completion_tokens,
 
 
 # ============================================================================ 5. Filter and cache
-def select_pairs(question_id, texts, correct, label_balance, rng):
+def select_pairs(question_id, texts, correct, label_balance, rng, fits=None):
     """Paper section 3: which of one question's n responses go to the critique cache.
 
     filter  : all right or all wrong -> none; else ONE random right + ONE random wrong (balanced).
     random / reweight: two random responses, whatever their labels (the paper's baselines).
+    fits[i] False: response i's critique prompt is too long (prompt_fits), so it is never picked.
     Returns [(question_id, response_text, response_correct), ...].
 
     >>> select_pairs(7, ["a", "b", "c"], [True, False, False], "filter", random.Random(0))
     [(7, 'a', True), (7, 'c', False)]
     """
-    idx = list(range(len(texts)))
+    idx = [i for i in range(len(texts)) if fits is None or fits[i]]
     if label_balance == "filter":
         right = [i for i in idx if correct[i]]
         wrong = [i for i in idx if not correct[i]]
@@ -870,7 +898,9 @@ def build_balanced_pairs(model, tokenizer, rows, num_samples, args, rng):
     for qi, row in enumerate(rows):
         texts = gen["texts"][qi * num_samples:(qi + 1) * num_samples]
         correct = [verify(t, row["answer"]) for t in texts]
-        pairs += select_pairs(row["id"], texts, correct, "filter", rng)
+        fits = prompt_fits(tokenizer, [critique_prompt(row["question"], t) for t in texts], args.max_prompt_length,
+                           args.chat)
+        pairs += select_pairs(row["id"], texts, correct, "filter", rng, fits)
     return pairs
 
 
@@ -890,18 +920,22 @@ def critique_rollout(model, tokenizer, pairs, questions, num_critiques, args):
 
 def refinement_votes(model, tokenizer, pairs, questions, critiques, num_critiques, num_refinements, args):
     """Vote denoising (paper section 5.2): k/n_ref of the refinements written after each critique
-    that the verifier accepts. Returns a list with one fraction per critique."""
+    that the verifier accepts. Returns (one fraction per critique, generate()'s dict). A critique
+    whose refinement prompt is too long (prompt_fits) gets no refinements and a vote of 0."""
     prompts, golds = [], []
     for j, text in enumerate(critiques["texts"]):
         q, response, _ = pairs[j // num_critiques]
         prompts.append(refine_prompt(questions[q]["question"], response, text))
         golds.append(questions[q]["answer"])
-    out = generate(model, tokenizer, prompts, num_refinements, args.max_completion_length, args.temperature,
-                   batch_size=args.generation_batch_size, chat=args.chat)
-    votes = []
-    for j, gold in enumerate(golds):
-        texts = out["texts"][j * num_refinements:(j + 1) * num_refinements]
-        votes.append(sum(verify(t, gold) for t in texts) / num_refinements)
+    fits = prompt_fits(tokenizer, prompts, args.max_prompt_length, args.chat)
+    kept = [j for j, f in enumerate(fits) if f]
+    out = generate(model, tokenizer, [prompts[j] for j in kept], num_refinements, args.max_completion_length,
+                   args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
+    votes = [0.0] * len(prompts)
+    for k, j in enumerate(kept):
+        texts = out["texts"][k * num_refinements:(k + 1) * num_refinements]
+        votes[j] = sum(verify(t, golds[j]) for t in texts) / num_refinements
+    out["skipped"] = len(prompts) - len(kept)
     return votes, out
 
 
@@ -1001,24 +1035,32 @@ def aggregate_loss(per_token, mask, loss_type, num_seqs, num_tokens, max_complet
 
 
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, epsilon, epsilon_high, beta, loss_type,
-                num_seqs, num_tokens, max_completion_length):
+                num_seqs, num_tokens, max_completion_length, bias_correction_kl=False):
     """PPO-clip surrogate with optional k3 KL. logp/old_logp/ref_logp/mask: (B, C); advantages: (B,).
 
-    l_it = -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta * (exp(ref - logp) - (ref - logp) - 1)
+    l_it = -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta * KL_it,   rho = pi / pi_old
+    KL_it = k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman's estimator of KL(pi || ref), >= 0),
+      clamped at 10: verl's low_var_kl, what the paper trained with (no ratio factor), or
+      times rho with bias_correction_kl: TRL's default, whose gradient is the unbiased reverse-KL
+      gradient (DeepSeek-V3.2). Both have the same value on-policy; their gradients differ.
+    Positions where mask is 0 never reach the loss or its gradient, whatever they hold (inf, NaN).
     Returns (loss share, stats) where stats holds token sums for logging.
     """
-    ratio = torch.exp(logp - old_logp)
-    A = advantages[:, None]
-    per_token = -torch.min(ratio * A, torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * A)
-    m = mask.float()
-    stats = {"tokens": m.sum().item(),
-             "clip_low": (((ratio < 1 - epsilon) & (A < 0)).float() * m).sum().item(),
-             "clip_high": (((ratio > 1 + epsilon_high) & (A > 0)).float() * m).sum().item(), "kl": 0.0}
+    m = mask.bool()
+    logp, old_logp = logp.masked_fill(~m, 0.0), old_logp.masked_fill(~m, 0.0)  # inf * 0 would be NaN
+    ratio = torch.exp(logp - old_logp)                                          # (B, C)
+    A = advantages[:, None]                                                     # (B, 1)
+    per_token = -torch.min(ratio * A, torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * A)  # (B, C)
+    mf = m.float()
+    stats = {"tokens": mf.sum().item(),
+             "clip_low": (((ratio < 1 - epsilon) & (A < 0)).float() * mf).sum().item(),
+             "clip_high": (((ratio > 1 + epsilon_high) & (A > 0)).float() * mf).sum().item(), "kl": 0.0}
     if beta > 0:
-        d = ref_logp - logp
-        kl = torch.exp(d) - d - 1  # k3 estimator: unbiased, always >= 0
+        d = ref_logp.masked_fill(~m, 0.0) - logp                                # (B, C) log(ref / pi)
+        kl = torch.exp(d) - d - 1                                               # (B, C) k3
+        kl = kl * ratio if bias_correction_kl else kl.clamp(max=10.0)
         per_token = per_token + beta * kl
-        stats["kl"] = (kl.detach() * m).sum().item()
+        stats["kl"] = (kl.detach() * mf).sum().item()
     return aggregate_loss(per_token, mask, loss_type, num_seqs, num_tokens, max_completion_length), stats
 
 
@@ -1041,7 +1083,7 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
     """The GRPO update on one step's samples (responses and critiques alike).
 
     Each sample: {"prompt_ids", "completion_ids", "advantage"}. Splits samples into
-    steps_per_generation mini-batches (one optimizer step each), repeats num_iterations times, and
+    num_mini_batches mini-batches (one optimizer step each), repeats num_iterations times, and
     accumulates gradients over micro-batches of per_device_train_batch_size sequences.
     """
     device = next(model.parameters()).device
@@ -1053,7 +1095,7 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
         return policy_update_metrics(stats)
     # old log-probs are needed only when the policy moves before a sample is used (off-policy);
     # with one iteration and one mini-batch they equal the current ones, detached: no extra pass.
-    on_policy = args.num_iterations == 1 and args.steps_per_generation == 1
+    on_policy = args.num_iterations == 1 and args.num_mini_batches == 1
     t0 = time.time()
     frozen = ([("old_logp", model)] if not on_policy else []) + ([("ref_logp", ref_model)] if ref_model is not None else [])
     with torch.no_grad():
@@ -1066,7 +1108,7 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
     for _ in range(args.num_iterations):
         order = samples[:]
         rng.shuffle(order)
-        k = args.steps_per_generation
+        k = args.num_mini_batches
         for mini in [order[i::k] for i in range(k)]:
             if not mini:
                 continue
@@ -1079,7 +1121,8 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
                 ref = pad_stack([s["ref_logp"] for s in mb], C, device) if ref_model is not None else None
                 adv = torch.tensor([s["advantage"] for s in mb], device=device, dtype=torch.float32)
                 loss, st = policy_loss(logp, old, ref, adv, cmask, args.epsilon, args.epsilon_high, args.beta,
-                                       args.loss_type, num_seqs, num_tokens, args.max_completion_length)
+                                       args.loss_type, num_seqs, num_tokens, args.max_completion_length,
+                                       args.use_bias_correction_kl)
                 loss.backward()
                 stats["loss"] += loss.item() / (args.num_iterations * k)
                 for key in ("tokens", "clip_low", "clip_high", "kl"):
@@ -1277,6 +1320,34 @@ def evaluate(model, tokenizer, eval_rows, critique_set, questions, args):
 
 
 # ============================================================================ 12. Training loop
+def question_batches(rows, batch_size, num_batches, rng):
+    """The questions of every step: a fresh shuffle per epoch, and never one question twice in a step
+    (it would get one merged group of 2n responses). Where a step straddles two epochs, a question
+    it already holds waits for the next step.
+
+    >>> [[r["id"] for r in b] for b in question_batches([{"id": i} for i in range(3)], 2, 3, random.Random(0))]
+    [[0, 2], [1, 2], [1, 0]]
+    """
+    if batch_size > len(rows):
+        raise SystemExit(f"error: --train_batch_size {batch_size} is more than the {len(rows)} training questions")
+    batches, pool = [], []
+    while len(batches) < num_batches:
+        if len(pool) < batch_size:
+            epoch = rows[:]
+            rng.shuffle(epoch)
+            pool += epoch
+        batch, ids, rest = [], set(), []
+        for r in pool:
+            if len(batch) < batch_size and r["id"] not in ids:
+                batch.append(r)
+                ids.add(r["id"])
+            else:
+                rest.append(r)
+        batches.append(batch)
+        pool = rest
+    return batches
+
+
 def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None, stop=None):
     """RL: every step does first-order rollout -> filter/cache -> second-order rollout -> rewards
     -> mixed-group advantages -> GRPO update. Returns the list of metrics dicts (one per step).
@@ -1317,19 +1388,14 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None,
             f.write(json.dumps(m) + "\n")
 
     # The data order is a function of the seed alone, so a resumed run sees the same questions.
-    schedule = []
-    while len(schedule) < args.max_steps * args.train_batch_size:  # a fresh shuffle per epoch
-        epoch = train_rows[:]
-        rng.shuffle(epoch)
-        schedule += epoch
-    schedule = schedule[:args.max_steps * args.train_batch_size]
+    schedule = question_batches(train_rows, args.train_batch_size, args.max_steps, rng)
     if resume is None:
         # Balanced critique eval set, built once from the starting policy (1 right + 1 wrong per question).
         critique_eval = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
         # C-RL trains on a static balanced set built up front from the questions this run will see.
         static_set = []
         if args.mode == "critique":
-            seen = list({r["id"]: r for r in schedule}.values())
+            seen = list({r["id"]: r for batch in schedule for r in batch}.values())
             static_set = build_balanced_pairs(model, tokenizer, seen, args.static_samples, args, rng)
             log(f"C-RL static set: {len(static_set)} balanced pairs from {len(seen)} questions")
         first = evaluate(model, tokenizer, eval_rows, critique_eval, eval_questions, args)
@@ -1362,7 +1428,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None,
     for step in bar:
         t_step = time.time()
         m = {"step": step}
-        batch = schedule[(step - 1) * args.train_batch_size: step * args.train_batch_size]
+        batch = schedule[step - 1]
         samples, rewards, groups = [], [], []
 
         # ---- 1-2. first-order rollout and Eq. 1 rewards
@@ -1388,12 +1454,16 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None,
             # ---- 3. label balancing: the data filter feeds the question-response cache
             if args.mode == "gcrl":
                 n = args.num_generations
-                new = []
+                new, skipped = [], 0
                 for qi, row in enumerate(batch):
-                    new += select_pairs(row["id"], gen["texts"][qi * n:(qi + 1) * n], correct[qi * n:(qi + 1) * n],
-                                        args.label_balance, rng)
+                    texts = gen["texts"][qi * n:(qi + 1) * n]
+                    fits = prompt_fits(tokenizer, [critique_prompt(row["question"], t) for t in texts],
+                                       args.max_prompt_length, args.chat)
+                    skipped += fits.count(False)
+                    new += select_pairs(row["id"], texts, correct[qi * n:(qi + 1) * n], args.label_balance, rng, fits)
                 m["cache/dropped"] = add_to_cache(cache, new, args.cache_size)
                 m["cache/added"] = len(new)
+                m["prompts/skipped_critique"] = skipped
 
         # ---- 4-5. second-order rollout: critiques of cached pairs, Eq. 2/3 (+ Eq. 4) rewards
         # A separate generate() call on purpose: the paper samples the cache AFTER adding this step's
@@ -1423,6 +1493,7 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None,
                                                       args.num_refinements, args)
                     m["time/refine_rollout"] = time.time() - t
                     m["tokens/refine_rollout"] = sum(map(len, ref_out["completion_ids"]))
+                    m["prompts/skipped_refine"] = ref_out["skipped"]
                     m["critique/refine_accuracy"] = sum(votes) / len(votes)
                 p = p_correct if args.label_balance == "reweight" and p_correct is not None else None
                 if p is not None:
@@ -1570,8 +1641,8 @@ def main(argv=None):
     print(f"prompts: {'chat template' if args.chat else 'plain text'} (--chat_template {args.chat_template}); "
           f"the first question renders as:\n{example}")
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
-        kept = [r for r in rows if len(tokenizer(render_prompt(tokenizer, solve_prompt(r["question"]), args.chat),
-                                                add_special_tokens=not args.chat).input_ids) <= args.max_prompt_length]
+        fits = prompt_fits(tokenizer, [solve_prompt(r["question"]) for r in rows], args.max_prompt_length, args.chat)
+        kept = [r for r, f in zip(rows, fits) if f]
         if len(kept) < len(rows):  # skipped, never silently truncated
             print(f"skipped {len(rows) - len(kept)} {name} questions longer than --max_prompt_length {args.max_prompt_length}")
         if not kept:

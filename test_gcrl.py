@@ -72,9 +72,10 @@ def test_defaults_follow_trl_names_and_fill_in():
     (["--beta", "-0.1"], "--beta must not be negative"),
     (["--epsilon", "0.2", "--epsilon_high", "0.1"], "--epsilon_high (0.1) must not be below --epsilon (0.2)"),
     (["--mode", "grpo", "--num_critiques", "4"], "--num_critiques has no effect with --mode grpo"),
-    (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--steps_per_generation", "2"],
+    (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--num_mini_batches", "2"],
      "does not divide the 9 responses"),
     (["--temperature", "0"], "--temperature must be positive"),
+    (["--steps_per_generation", "4"], "optimizer steps per rollout are --num_mini_batches"),  # TRL's flag, not ours
     (["--mode", "critique", "--label_balance", "random"], "--label_balance has no effect with --mode critique"),
 ])
 def test_impossible_settings_fail_with_one_line(capsys, argv, message):
@@ -374,17 +375,18 @@ def test_parse_verdict(critique, verdict):
     assert gcrl.parse_verdict(critique) == verdict
 
 
-@pytest.mark.parametrize("hostile", [
-    "Conclusion:" + " " * 200_000 + "x",       # was quadratic: 20,000 spaces took 6 s
-    "Conclusion: right " * 100_000,
-    "x" * 2_000_000,
-    "Conclusion:\x00 right [END]\x00",
-    "Conclusion: rïght [END] \u202e Conclusion: wrong [END]",
+@pytest.mark.parametrize("hostile, verdict", [
+    ("Conclusion:" + " " * 200_000 + "x", None),        # was quadratic: 20,000 spaces took 6 s
+    ("Conclusion: right " * 100_000, None),             # never closed with [END]
+    ("x" * 2_000_000, None),
+    ("Conclusion:\x00 right [END]\x00", None),          # NUL is not a space
+    ("Conclusion: rïght [END] \u202e Conclusion: wrong [END]", "wrong"),
+    ("Conclusion: right [END]" + " " * 100_000 + "Conclusion: wrong", "correct"),  # the last COMPLETE one
+    ("Conclusion: wrong [END]" * 50_000 + "Conclusion: right [END]", "correct"),
 ])
-def test_parse_verdict_is_bounded_on_hostile_text(hostile):
+def test_parse_verdict_is_bounded_on_hostile_text(hostile, verdict):
     start = time.time()
-    verdict = gcrl.parse_verdict(hostile)
-    assert verdict in (None, "correct", "wrong")
+    assert gcrl.parse_verdict(hostile) == verdict
     assert time.time() - start < 5  # a generous guard; typical is milliseconds
 
 
@@ -411,30 +413,51 @@ def test_collate_pads_prompts_left_and_completions_right():
     assert cmask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def test_forward_logprobs_match_what_generate_sampled(tok):
-    """Left-padded prompts of different lengths: training log-probs == sampling log-probs."""
-    from transformers import GenerationConfig
+def _model_with_generation_defaults(tok):
+    """A tiny model whose checkpoint ships generation defaults that would change what it samples."""
     model = gcrl.build_tiny_model(tok, hidden_size=64, num_layers=2, seed=1).eval()
+    g = model.generation_config
+    g.top_k, g.top_p, g.min_p, g.temperature, g.repetition_penalty, g.no_repeat_ngram_size = 1, 0.5, 0.9, 0.05, 5.0, 1
+    return model
+
+
+def test_forward_logprobs_match_what_generate_sampled(tok, monkeypatch):
+    """Left-padded prompts of different lengths, a model shipping its own sampling defaults: each token
+    gcrl.generate sampled was drawn with exactly the probability the loss later computes, pi/T."""
+    model = _model_with_generation_defaults(tok)
     prompts = ["1+1" + gcrl.SOLVE_INSTRUCTION, gcrl.critique_prompt("47+38", "\\boxed{85}"), "9"]
-    enc = tok(prompts, return_tensors="pt", padding=True)
+    drawn, multinomial = [], torch.multinomial  # the distributions generate() really sampled from
+    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: drawn.append(p.clone()) or multinomial(p, *a, **k))
     temperature = 0.7
-    cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=12,
-                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                           output_logits=True, return_dict_in_generate=True)
     torch.manual_seed(0)
-    with torch.no_grad():
-        out = model.generate(**enc, generation_config=cfg)
-    comps = out.sequences[:, enc.input_ids.shape[1]:]
-    lengths, _ = gcrl.completion_lengths(comps, tok.eos_token_id)
-    seen = torch.log_softmax(torch.stack(out.logits, 1).float() / temperature, -1)
-    seen = seen.gather(-1, comps[..., None]).squeeze(-1)
-    prompt_ids = [[t for t, m in zip(i, a) if m] for i, a in zip(enc.input_ids.tolist(), enc.attention_mask.tolist())]
-    completion_ids = [row[:n] for row, n in zip(comps.tolist(), lengths)]
-    ids, attn, cmask = gcrl.collate(prompt_ids, completion_ids, tok.pad_token_id, "cpu")
+    out = gcrl.generate(model, tok, prompts, 1, max_new_tokens=12, temperature=temperature)
+    ids, attn, cmask = gcrl.collate(out["prompt_ids"], out["completion_ids"], tok.pad_token_id, "cpu")
     with torch.no_grad():
         lp = gcrl.completion_logprobs(model, ids, attn, cmask.shape[1], temperature)
-    for i, n in enumerate(lengths):
-        assert torch.allclose(lp[i, :n], seen[i, :n], atol=1e-5), (i, (lp[i, :n] - seen[i, :n]).abs().max())
+    assert len(drawn) >= max(map(len, out["completion_ids"]))
+    for i, completion in enumerate(out["completion_ids"]):
+        for t, token in enumerate(completion):
+            assert drawn[t][i, token].log().item() == pytest.approx(lp[i, t].item(), abs=1e-4), (i, t)
+    assert model.generation_config.top_k == 1  # the model's own config is left as it was
+
+
+def test_generation_ignores_the_models_own_sampling_defaults(tok):
+    model = _model_with_generation_defaults(tok)
+    prompt = "12+34" + gcrl.SOLVE_INSTRUCTION
+    torch.manual_seed(0)  # top_k=1 or min_p=0.9 leaking in would make every sample the greedy one
+    samples = gcrl.generate(model, tok, [prompt], 16, max_new_tokens=8, temperature=1.0)["texts"]
+    assert len(set(samples)) > 8
+    greedy = gcrl.generate(model, tok, [prompt], 1, max_new_tokens=8, greedy=True)["completion_ids"][0]
+    ids = tok(prompt, return_tensors="pt").input_ids
+    expected = []
+    with torch.no_grad():  # plain argmax, token by token, without any of the model's penalties
+        for _ in range(8):
+            nxt = model(ids).logits[0, -1].argmax().item()
+            expected.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+            if nxt == tok.eos_token_id:
+                break
+    assert greedy == expected
 
 
 def test_generate_returns_prompt_major_samples(tok, warm_model):
@@ -581,6 +604,83 @@ def test_k3_kl_term_is_zero_at_reference_and_positive_away():
     assert loss.item() == pytest.approx(0.1 * k3) and k3 > 0
 
 
+def _hand_loss_and_grad(logp, old, ref, adv, beta, eps, bias_correction):
+    """One token, written out by hand: the loss and its derivative in logp (the chain rule, no autograd)."""
+    rho = math.exp(logp - old)
+    clipped = min(max(rho, 1 - eps), 1 + eps)
+    if rho * adv <= clipped * adv:
+        surrogate, d_surrogate = -rho * adv, -rho * adv  # d(rho)/d(logp) = rho
+    else:
+        surrogate, d_surrogate = -clipped * adv, 0.0     # the clipped branch has no gradient
+    d = ref - logp
+    k3, d_k3 = math.exp(d) - d - 1, 1 - math.exp(d)      # d(k3)/d(logp)
+    if bias_correction:                                  # TRL: k3 * rho, the product rule
+        kl, d_kl = k3 * rho, d_k3 * rho + k3 * rho
+    else:                                                # verl's low_var_kl: k3, clamped at 10
+        kl, d_kl = (k3, d_k3) if k3 < 10 else (10.0, 0.0)
+    return surrogate + beta * kl, d_surrogate + beta * d_kl
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+@pytest.mark.parametrize("logp, old, ref, adv", [
+    (-1.0, -1.0, -1.5, 1.0),    # on-policy
+    (-0.9, -1.0, -1.5, 1.0),    # ratio 1.105: inside the trust region
+    (-0.5, -1.0, -2.0, 1.0),    # ratio 1.65, A > 0: clipped
+    (-1.4, -1.0, -0.2, -2.0),   # ratio 0.67, A < 0: clipped
+    (-1.2, -1.0, -0.8, -0.5),   # ratio 0.82, A < 0: inside
+    (-14.0, -14.0, -1.0, 0.0),  # ref far above pi: k3 about 4e5, clamped at 10 without the ratio
+])
+def test_loss_and_gradient_match_hand_computation_off_policy(logp, old, ref, adv, bias_correction):
+    beta, eps = 0.1, 0.2
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # exact enough for k3 * rho's cancellation at 4e5
+    x = f64([[logp]]).requires_grad_(True)
+    loss, _ = gcrl.policy_loss(x, f64([[old]]), f64([[ref]]), f64([adv]), torch.ones(1, 1), eps, eps, beta, "dapo",
+                               1, 1, 1, bias_correction)
+    loss.backward()
+    value, grad = _hand_loss_and_grad(logp, old, ref, adv, beta, eps, bias_correction)
+    assert loss.item() == pytest.approx(value, rel=1e-5)
+    assert x.grad.item() == pytest.approx(grad, rel=1e-5, abs=1e-7)
+
+
+def test_kl_estimators_agree_on_policy_and_differ_in_gradient():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    ref, old = torch.tensor([[-1.5, -1.0]]), torch.tensor([[-1.0, -2.0]])
+    out = {}
+    for bias_correction in (False, True):
+        logp.grad = None
+        loss, _ = gcrl.policy_loss(logp, old, ref, torch.zeros(1), torch.ones(1, 2), 0.2, 0.2, 0.1, "dapo", 1, 2, 2,
+                                   bias_correction)
+        loss.backward()
+        out[bias_correction] = (loss.item(), logp.grad.clone())
+    assert out[False][0] == pytest.approx(out[True][0])
+    assert not torch.allclose(out[False][1], out[True][1])
+
+
+@pytest.mark.parametrize("junk", [0.0, -1e4, float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("where", ["logp", "old", "ref"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_masked_positions_never_change_the_loss_or_its_gradient(junk, where, loss_type):
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    base = {"logp": torch.randn(2, 4) * 0.3 - 1, "old": torch.randn(2, 4) * 0.3 - 1, "ref": torch.randn(2, 4) * 0.3 - 1}
+    adv = torch.tensor([1.0, -0.5])
+    results = []
+    for poison in (False, True):
+        t = {k: v.clone() for k, v in base.items()}
+        if poison:
+            t[where][mask == 0] = junk
+        x = t["logp"].requires_grad_(True)
+        for bias_correction in (False, True):
+            x.grad = None
+            loss, _ = gcrl.policy_loss(x, t["old"], t["ref"], adv, mask, 0.2, 0.2, 0.05, loss_type, 2, 5, 4,
+                                       bias_correction)
+            loss.backward()
+            results.append((loss.detach(), x.grad.clone()))
+    for (clean_loss, clean_grad), (loss, grad) in zip(results[:2], results[2:]):
+        assert torch.isfinite(loss) and torch.equal(loss, clean_loss)
+        assert torch.equal(grad, clean_grad)
+
+
 # ---------------------------------------------------------------------------- 10. cold start
 def test_tiny_critique_compares_fixed_width_answers_digit_by_digit():
     assert [gcrl.fixed_width(a) for a in ("85", "-4", "103", "x")] == ["+085", "-004", "+103", "x"]
@@ -683,6 +783,55 @@ def test_training_steps_change_parameters_and_write_metrics(tmp_path, tok, warm_
         assert any("critique/accuracy" in l for l in lines)
     if "--num_refinements" in extra:
         assert any("critique/refine_accuracy" in l for l in lines)
+
+
+def test_a_step_never_holds_a_question_twice_and_no_question_is_lost():
+    rows = [{"id": i} for i in range(5)]  # 5 questions, 4 a step: every other step straddles two epochs
+    batches = gcrl.question_batches(rows, 4, 10, random.Random(0))
+    assert [len({r["id"] for r in b}) for b in batches] == [4] * 10
+    counts = [sum(r["id"] == i for b in batches for r in b) for i in range(5)]
+    assert counts == [8] * 5  # 40 slots, 8 epochs: each question once per epoch
+    with pytest.raises(SystemExit, match="--train_batch_size 6 is more than the 5 training questions"):
+        gcrl.question_batches(rows, 6, 1, random.Random(0))
+
+
+def test_every_prompt_kind_obeys_max_prompt_length(tmp_path, tok, warm_model, easy_rows):
+    # 7 tokens: every solve prompt fits ('11+12' + the instruction: 6), no critique prompt does (8 and up)
+    args = make_args(tmp_path, "--max_prompt_length", "7", "--max_steps", "1")
+    history = gcrl.train(copy.deepcopy(warm_model), tok, easy_rows[:4], easy_rows[:4], args, log=lambda *a: None)
+    step = history[-1]
+    assert step["prompts/skipped_critique"] == 4 * 4 and step["cache/added"] == 0 and step["critique/pairs"] == 0
+    assert "eval/critique_accuracy" not in history[0]  # the eval pairs obey the rule too
+    # refinements: the critique prompt fits, the refinement prompt (response + critique) does not
+    q = {0: easy_rows[0]}
+    pairs = [(0, "1+1=2,\\boxed{23}", True)]
+    crit = {"texts": ["Recomputed: 1+1=2,+023 vs +023\n++=00=22=33=\nConclusion: right [END]"]}
+    fits = lambda n: gcrl.parse_args(["--max_prompt_length", str(n)])
+    limit = len(tok(gcrl.critique_prompt(q[0]["question"], pairs[0][1])).input_ids) + 5
+    votes, out = gcrl.refinement_votes(warm_model, tok, pairs, q, crit, 1, 2, fits(limit))
+    assert votes == [0.0] and out["skipped"] == 1 and out["texts"] == []
+    votes, out = gcrl.refinement_votes(warm_model, tok, pairs, q, crit, 1, 2, fits(1000))
+    assert out["skipped"] == 0 and len(out["texts"]) == 2
+
+
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_an_update_raises_positive_advantage_samples_and_lowers_negative_ones(tmp_path, tok, warm_model, advantage):
+    """Catches a sign-flipped loss. Plain SGD: to first order the step moves log pi(sample) by
+    lr * A * |grad|^2 / |o|, so its sign is the advantage's (Adam's first step need not be)."""
+    model = copy.deepcopy(warm_model)
+    args = make_args(tmp_path)
+    sample = {"prompt_ids": tok(gcrl.solve_prompt("11+12")).input_ids,
+              "completion_ids": tok("1+2=3,1+1+0=2,\\boxed{23}").input_ids + [tok.eos_token_id], "advantage": advantage}
+
+    def seq_logp():
+        with torch.no_grad():
+            lp, cmask = gcrl.batch_logprobs(model, [sample], tok.pad_token_id, "cpu", 1.0)
+        return (lp * cmask).sum().item()
+
+    before = seq_logp()
+    gcrl.policy_update(model, None, torch.optim.SGD(model.parameters(), lr=1e-3), [sample], args, tok.pad_token_id,
+                       random.Random(0))
+    assert (seq_logp() - before) * advantage > 0
 
 
 def test_same_seed_same_metrics(tmp_path, tok, warm_model, easy_rows):
