@@ -766,9 +766,9 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
     # generate() fills every field left unset from model.generation_config (a checkpoint may ship
     # top_k, top_p, repetition_penalty, ...), so that config is swapped for a blank one below, and
     # top_k is set because the library's own default is 50.
-    config = GenerationConfig(do_sample=not greedy, num_beams=1, temperature=1.0 if greedy else temperature,
-                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=eos)
+    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
+    config = GenerationConfig(do_sample=not greedy, num_beams=1, max_new_tokens=max_new_tokens,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **sampling)
     expanded = [render_prompt(tokenizer, p, chat) for p in prompts for _ in range(num_samples)]
     out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
     device = next(model.parameters()).device

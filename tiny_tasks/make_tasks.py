@@ -1,14 +1,15 @@
 """Write the tiny arithmetic data sets used by the CPU demo and the tests.
 
-    python tiny_tasks/make_tasks.py            # rewrites the three .jsonl files here
+    python tiny_tasks/make_tasks.py            # rewrites the .jsonl files here
 
 Each line is {"question": "47+38", "answer": "85"}, the same format a real math data set
 uses with gcrl.py (--dataset / --eval_dataset), so both go through one loader.
 Questions are a+b or a-b with a, b two-digit numbers (10..99): 16,200 distinct questions,
-shuffled with a fixed seed and cut into three disjoint splits:
+shuffled with a fixed seed and cut into disjoint splits:
   arith_coldstart.jsonl  1,000   supervised warm-up of the tiny model (the paper's cold start)
   arith_train.jsonl      4,000   RL questions
   arith_test.jsonl         500   held-out evaluation
+  arith_dev.jsonl          500   for choosing settings (learning rate, steps), so the test split stays unseen
 Cold-start lines also carry a worked "solution" (one column at a time, so a 0.6 M-parameter
 model can learn it), a "wrong_solution" with one typical slip, and "wrong_solutions": three
 with different wrong answers, every step slipped or worked from a misread operand (WRONG_SLIPS),
@@ -22,7 +23,8 @@ import os
 import random
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SPLITS = [("arith_coldstart.jsonl", 1000), ("arith_train.jsonl", 4000), ("arith_test.jsonl", 500)]
+SPLITS = [("arith_coldstart.jsonl", 1000), ("arith_train.jsonl", 4000), ("arith_test.jsonl", 500),
+          ("arith_dev.jsonl", 500)]
 
 
 def worked_solution(a, op, b, slip=None, rng=random):
