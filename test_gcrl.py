@@ -1,4 +1,4 @@
-"""Tests for gcrl.py, in the order of its sections. CPU only; the whole file runs in well under a minute.
+"""Tests for gcrl.py, in the order of its sections, then tiny_tasks/. CPU only; under a minute.
 
     pytest -q test_gcrl.py
 """
@@ -6,7 +6,9 @@ import builtins
 import copy
 import json
 import math
+import os
 import random
+import sys
 import threading
 import time
 
@@ -16,13 +18,17 @@ import torch
 import gcrl
 from gcrl import answers_equal, extract_boxed, verify
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_tasks"))
+import make_tasks  # noqa: E402
+import tiny_model  # noqa: E402
+
 torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------- shared fixtures
 @pytest.fixture(scope="session")
 def tok():
-    return gcrl.build_tiny_tokenizer()
+    return tiny_model.build_tokenizer()
 
 
 @pytest.fixture(scope="session")
@@ -37,19 +43,37 @@ def easy_rows():
     return rows
 
 
+def direct_answer_examples(rows):
+    """A short warm-up in all three formats with direct answers ('\\boxed{23}'): quick to learn."""
+    examples = []
+    for r in rows:
+        right, wrong = "\\boxed{" + r["answer"] + "}", "\\boxed{" + str(int(r["answer"]) + 10) + "}"
+        examples.append((gcrl.solve_prompt(r["question"]), right))
+        for response in (right, wrong):
+            crit = tiny_model.tiny_critique(right, r["answer"], gcrl.extract_boxed(response))
+            examples += [(gcrl.critique_prompt(r["question"], response), crit),
+                         (gcrl.refine_prompt(r["question"], response, crit), right)]
+    return examples
+
+
 @pytest.fixture(scope="session")
 def warm_model(tok, easy_rows):
-    """A tiny model given a short cold start on easy_rows: it knows the three formats and answers
+    """A tiny model given a short warm-up on easy_rows: it knows the three formats and answers
     some questions right and some wrong at temperature 1, which every end-to-end test needs."""
-    model = gcrl.build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
-    examples = gcrl.tiny_cold_start_examples(easy_rows, random.Random(0))
-    gcrl.sft(model, tok, examples, steps=60, lr=3e-3, batch_size=32, rng=random.Random(0))
+    model = tiny_model.build_model(tok, hidden_size=64, num_layers=2, seed=0)
+    gcrl.sft(model, tok, direct_answer_examples(easy_rows), 60, 3e-3, random.Random(0), batch_size=32)
     return model
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The shipped cold-started model, loaded the way `python gcrl.py` loads it."""
+    return gcrl.load_model(gcrl.DEMO_MODEL, "cpu")
 
 
 def make_args(tmp_path, *extra):
     return gcrl.parse_args(["--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--train_batch_size", "4",
-                            "--num_generations", "4", "--eval_steps", "0",
+                            "--num_generations", "4", "--eval_steps", "0", "--self_verify_samples", "0",
                             "--max_completion_length", "32", "--learning_rate", "1e-3", "--device", "cpu",
                             "--static_samples", "4", *extra])
 
@@ -59,11 +83,13 @@ def test_defaults_follow_trl_names_and_fill_in():
     args = gcrl.parse_args([])
     assert args.mode == "gcrl" and args.num_critiques == args.num_generations
     assert args.epsilon_high == args.epsilon == 0.2
-    assert args.critique_batch_size == args.train_batch_size
-    assert args.learning_rate == 3e-5 and args.max_completion_length == 64  # tiny-model defaults
-    assert args.cold_start_steps == 3000 and args.cold_start.endswith("arith_coldstart.jsonl")
+    assert args.critique_batch_size == args.train_batch_size and args.cache_size == 4 * args.train_batch_size
+    assert args.demo and args.model == gcrl.DEMO_MODEL and args.cold_start is None  # the shipped model
+    assert args.max_completion_length == 64 and args.max_prompt_length == 512 + 2 * 64
+    assert args.dataset.endswith("arith_train.jsonl") and args.eval_dataset.endswith("arith_test.jsonl")
     real = gcrl.parse_args(["--model", "Qwen2.5-0.5B"])
-    assert real.learning_rate == 1e-6 and real.cold_start is None and real.cold_start_steps == 800
+    assert not real.demo and real.learning_rate == 1e-6 and real.max_completion_length == 1024
+    assert real.self_verify_samples == 0 and real.max_prompt_length == 512 + 2 * 1024
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -94,55 +120,88 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------------------- 1. tasks and models
+# ---------------------------------------------------------------------------- 1. data and model
 def test_tiny_data_sets_load_and_are_disjoint():
-    splits = {name: gcrl.load_jsonl(f"tiny_tasks/arith_{name}.jsonl") for name in ("coldstart", "train", "test")}
+    splits = {name: gcrl.load_questions(f"tiny_tasks/arith_{name}.jsonl")[0] for name in ("train", "test", "dev")}
     qs = {name: {r["question"] for r in rows} for name, rows in splits.items()}
-    assert len(qs["train"]) == 4000 and len(qs["test"]) == 500
-    assert not (qs["train"] & qs["test"]) and not (qs["coldstart"] & qs["test"])
-    for r in splits["coldstart"][:50]:  # worked solutions check out under the verifier
+    qs["coldstart"] = {row["question"] for _, row in gcrl.read_jsonl("tiny_tasks/arith_coldstart.jsonl")}
+    assert len(qs["train"]) == 4000 and len(qs["test"]) == 500 and len(qs["dev"]) == 500
+    names = list(qs)
+    assert all(not (qs[x] & qs[y]) for i, x in enumerate(names) for y in names[i + 1:])
+    for _, r in gcrl.read_jsonl("tiny_tasks/arith_coldstart.jsonl")[:50]:  # worked solutions check out
         assert gcrl.verify(r["solution"], r["answer"]) and not gcrl.verify(r["wrong_solution"], r["answer"])
         wrong_answers = {extract_boxed(w) for w in r["wrong_solutions"]}  # three, all wrong, all different
         assert len(wrong_answers) == 3 and not any(verify(w, r["answer"]) for w in r["wrong_solutions"])
 
 
+@pytest.mark.parametrize("lines, question, answer, how", [
+    # GSM8K as published: a worked answer ending in '#### 72', thousands separators in the number
+    (['{"question": "Q1", "answer": "3 + 4 = <<3+4=7>>7\\n#### 7"}', '{"question": "Q2", "answer": "x\\n#### 1,234"}'],
+     "Q2", "1234", "the text after '####'"),
+    (['{"problem": "P1", "answer": "\\\\frac{1}{2}", "solution": "so \\\\boxed{0.5}"}'], "P1", "\\frac{1}{2}",
+     "from 'answer'"),  # MATH / MATH-500: 'answer' wins over the solution's box
+    (['{"problem": "P1", "solution": "first \\\\boxed{1}, then \\\\boxed{\\\\sqrt{2}}"}'], "P1", "\\sqrt{2}",
+     "the last \\boxed{}"),
+    (['{"question": "Q", "answer": 7}'], "Q", "7", "from 'answer'"),  # a number is read as its text
+])
+def test_data_formats_are_detected_as_published(tmp_path, lines, question, answer, how):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rows, said = gcrl.load_questions(str(path))
+    assert rows[-1]["question"] == question and rows[-1]["answer"] == answer and rows[-1]["id"] == len(rows) - 1
+    assert how in said and f"{len(rows)} questions" in said
+
+
+def test_custom_fields_are_named_on_the_command_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "2+2", "target": "4"}\n')
+    rows, said = gcrl.load_questions(str(path), "prompt", "target")
+    assert rows == [{"question": "2+2", "answer": "4", "id": 0}] and "'prompt'" in said and "'target'" in said
+    args = gcrl.parse_args(["--question_field", "prompt", "--answer_field", "target"])
+    assert (args.question_field, args.answer_field) == ("prompt", "target")
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"question": "1+1"', "not valid JSON"),
     ('[1, 2]', "expected a JSON object"),
-    ('{"question": "1+1"}', "'answer' missing"),
-    ('{"question": "", "answer": "2"}', "'question' missing or not a non-empty string"),
-    ('{"question": "1+1", "answer": 2}', "'answer' missing or not a non-empty string"),
+    ('{"question": "1+1"}', "needs non-empty string fields 'question' and 'answer'"),
+    ('{"question": "", "answer": "2"}', "needs non-empty string fields 'question' and 'answer'"),
+    ('{"problem": "1+1", "answer": "2"}', "(the plain layout, detected from line 1)"),  # a line of another layout
+    ('{"question": "1+1", "answer": true}', "needs non-empty string fields"),
 ])
 def test_bad_data_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "data.jsonl"
     path.write_text('{"question": "2+2", "answer": "4"}\n' + line + "\n")
     with pytest.raises(SystemExit) as e:
-        gcrl.load_jsonl(str(path))
+        gcrl.load_questions(str(path))
     assert f"{path}:2:" in str(e.value) and message in str(e.value)
+
+
+def test_bad_lines_of_published_layouts(tmp_path):
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text('{"question": "Q", "answer": "#### 3"}\n{"question": "Q", "answer": "no marker"}\n')
+    with pytest.raises(SystemExit, match=r"gsm.jsonl:2: GSM8K answer without '#### <answer>'"):
+        gcrl.load_questions(str(gsm))
+    math_ = tmp_path / "math.jsonl"
+    math_.write_text('{"problem": "P", "solution": "\\\\boxed{1}"}\n{"problem": "P", "solution": "none"}\n')
+    with pytest.raises(SystemExit, match=r"math.jsonl:2: 'solution' has no \\boxed\{\} answer"):
+        gcrl.load_questions(str(math_))
 
 
 def test_unreadable_data_sets(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"question": "1+1", "answer": "2"}\n{"question": "\xe9", "answer": "2"}\n')
     with pytest.raises(SystemExit, match=r"latin1.jsonl:2: not UTF-8 text"):
-        gcrl.load_jsonl(str(tmp_path / "latin1.jsonl"))
+        gcrl.load_questions(str(tmp_path / "latin1.jsonl"))
     with pytest.raises(SystemExit, match="is not a file"):
-        gcrl.load_jsonl(str(tmp_path))
+        gcrl.load_questions(str(tmp_path))
 
 
 def test_missing_and_empty_data_sets(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
-        gcrl.load_jsonl(str(tmp_path / "nope.jsonl"))
+        gcrl.load_questions(str(tmp_path / "nope.jsonl"))
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(SystemExit, match="is empty"):
-        gcrl.load_jsonl(str(tmp_path / "empty.jsonl"))
-
-
-def test_tiny_tokenizer_round_trips_prompts(tok):
-    text = gcrl.critique_prompt("47+38", "7+8=15,4+3+1=8,\\boxed{85}") + "Conclusion: wrong [END]"
-    ids = tok(text).input_ids
-    assert tok.decode(ids) == text
-    assert len(ids) < len(text) / 3  # template pieces are single tokens
-    assert tok.convert_ids_to_tokens(tok("\\boxed{85}").input_ids) == ["\\boxed{", "8", "5", "}"]
+        gcrl.load_questions(str(tmp_path / "empty.jsonl"))
 
 
 def test_model_shorthand_resolution(tmp_path):
@@ -152,22 +211,30 @@ def test_model_shorthand_resolution(tmp_path):
 
 
 def test_bad_model_name_is_one_clear_line(tmp_path):
-    # A local path exercises the same error path as a hub id without waiting on the network
-    # (offline, a hub id takes ~46 s of retries before the same one-line error).
-    args = gcrl.parse_args(["--model", str(tmp_path / "no-such-model"), "--device", "cpu"])
     with pytest.raises(SystemExit) as e:
-        gcrl.load_model(args)
+        gcrl.load_model(str(tmp_path / "no-such-model"), "cpu")
     msg = str(e.value)
     assert msg.startswith(f"error: could not load --model '{tmp_path / 'no-such-model'}' as hub id")
     assert "check the name" in msg and "\n" not in msg
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line(monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets; no network is touched
+    t = time.time()
+    with pytest.raises(SystemExit) as e:
+        gcrl.load_model("someone/no-such-model", "cpu")
+    assert time.time() - t < 10
+    assert str(e.value) == ("error: could not load --model 'someone/no-such-model' as hub id: not in the local cache, "
+                            "and the hub is off (HF_HUB_OFFLINE) -- check the name, or download it where the hub is "
+                            "reachable and pass its local directory")
 
 
 def test_real_model_path_loads_a_local_directory(tmp_path, tok, warm_model):
     """A model saved with save_pretrained goes through AutoModelForCausalLM/AutoTokenizer, as a hub id would."""
     warm_model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    args = gcrl.parse_args(["--model", str(tmp_path / "m"), "--device", "cpu"])
-    model, tok2 = gcrl.load_model(args)
+    model, tok2 = gcrl.load_model(str(tmp_path / "m"), "cpu")
     assert type(model).__name__ == "Qwen2ForCausalLM" and tok2.padding_side == "left"
     assert tok2("47+38").input_ids == tok("47+38").input_ids
 
@@ -199,7 +266,7 @@ def test_chat_template_renders_all_three_prompt_kinds(tok):
         assert gcrl.render_prompt(chat_tok, text, chat=False) == text
 
 
-# ---------------------------------------------------------------------------- 2. verifier
+# ---------------------------------------------------------------------------- 3. verifier
 @pytest.mark.parametrize("response, gold, expected", [
     ("so \\boxed{85}", "85", True),
     ("\\boxed{84}", "85", False),
@@ -236,6 +303,16 @@ EQUAL = [  # (a, b): must be equal, in both orders
     (r"\left( \frac{1}{2} \right)", "1/2"), ("{{5}}", "5"), (r"\!5", "5"), (r"\infty", r"\infty"),
     (r"\text{(A)}", "(A)"), (r"\textbf{Yes}", "yes"), (r"\mathrm{e}", "e"),
     (r"5\text{cm}", r"5\text{ cm}"), (r"\{1,2\}", r"\{1, 2\}"),
+    # shapes of MATH answers: sets and solution lists (unordered), \pm, tuples, intervals, vectors, matrices
+    (r"\{1,2\}", r"\{2,1\}"), ("1, 2", "2, 1"), ("x=2, x=3", "3, 2"), (r"\{5\}", "5"), ("(5)", "5"),
+    (r"2 \pm \sqrt{3}", r"2+\sqrt3, 2-\sqrt3"), (r"\pm 2", "2, -2"), ("(1,2)", "(1, 2.0)"),
+    (r"(-\infty, 2) \cup (3, \infty)", r"(3,\infty)\cup(-\infty,2)"), ("[1,3)", r"\left[1, 3\right)"),
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", "(1,2)"), (r"\begin{pmatrix} 1 & 2 \end{pmatrix}", "(1, 2)"),
+    (r"\begin{bmatrix}1&2\\3&4\end{bmatrix}", r"\begin{pmatrix}1 & 2\\ 3&4\end{pmatrix}"),
+    (r"x \in [1,3]", "[1,3]"), (r"y = \frac{1}{2}x", "x/2"),
+    (r"0.\overline{3}", r"\frac13"), (r"0.1\overline{6}", r"\frac{1}{6}"), (r"1.\overline{142857}", r"\frac87"),
+    (r"5\text{ cm}", "5"), ("18 dollars", "18"), (r"\$18.90", "18.9"), ("30 degrees", "30"), (r"90^{\circ}", "90"),
+    ("(B)", "B"), ("B)", "B"), (r"\textbf{(C)}", "C"), ("Option D", "(D)"), ("answer: E", "e"),
 ]
 
 NOT_EQUAL = [
@@ -244,7 +321,10 @@ NOT_EQUAL = [
     (r"2\pi", "6.28318530718"), ("3.14159265358979", r"\pi"), ("e", "2.718281828"),
     ("x^2", "2x"), ("(x-1)(x+1)", "x^2+1"), ("x^{300}", "x^{300}+1"), ("x = 5", "6"),
     ("2^{10}", "1000"),
-    (r"5\text{ cm}", "5"), (r"\{1,2\}", r"\{2,1\}"), ("(0,1]", "[0,1]"), (r"\pm 2", "2"),
+    (r"5\text{ cm}", "6"), ("(1,2)", "(2,1)"), ("[1,3)", "[1,3]"), ("(0,1]", "[0,1]"), (r"\pm 2", "2"),
+    ("1, 2", "1, 2, 3"), (r"\{1,2\}", "(1,2)"), (r"\begin{pmatrix}1\\2\end{pmatrix}", "(2,1)"),
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&3\\2&4\end{pmatrix}"), ("A", "B"), ("(A)", "(B)"),
+    (r"0.\overline{3}", "0.3"), (r"2 \pm 1", "3"),
     ("x<3", "3"), ("yes", "no"), ("yes", "sey"), (r"-\infty", r"\infty"), (r"\infty", "10^{999}"),
     ("1/0", "1/0"), ("0/0", "0/0"), (r"\frac{1}{0}", r"\infty"), ("0^{-1}", "0^{-1}"), ("", ""),
 ]
@@ -304,6 +384,9 @@ HOSTILE = [  # (response, gold): each must give False, fast, without raising
     (r"\boxed{(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}}", "(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}+1"),
     (r"\boxed{(z+\sqrt{\pi+7})^{50}}", "(z+\\sqrt{\\pi+7})^{49}"),
     (r"\boxed{\sqrt[3]{\frac{12345678901234567}{12-\pi^{3}-999z b^{50}}}}", "10"),
+    (r"\boxed{" + ",".join(["(a+b+c+d+e)^{10}"] * 20) + "}", ",".join(["(a+b+c+d+e)^{10}+1"] * 20)),  # 400 pairings
+    (r"\boxed{" + "1," * 4000 + "1}", "1"), (r"\boxed{" + r"\cup" * 300 + "}", "1"), (r"\boxed{" + "(" * 400 + ")" * 400 + "}", "1"),
+    (r"\boxed{0." + r"\overline{9}" * 100 + "}", "1"), (r"\boxed{\begin{pmatrix}" + "1&" * 300 + r"1\end{pmatrix}}", "1"),
 ]
 
 
@@ -361,11 +444,11 @@ def test_model_text_is_never_executed(tmp_path, monkeypatch):
     assert not pwned.exists()
 
 
-# ---------------------------------------------------------------------------- 3. prompts
+# ---------------------------------------------------------------------------- 2. prompts and verdicts
 @pytest.mark.parametrize("critique, verdict", [
-    ("Recomputed: 85\nConclusion: right [END]", "correct"),
+    ("Recomputed: 85\nConclusion: right [END]", "right"),
     ("Recomputed: 85\nConclusion: wrong [END]", "wrong"),
-    ("**Conclusion: right [END]**", "correct"),
+    ("**Conclusion: right [END]**", "right"),
     ("Conclusion: right [END] ... on reflection Conclusion: wrong [END]", "wrong"),  # the last one counts
     ("Conclusion: right", None),               # no [END]
     ("the solution is right", None),
@@ -381,8 +464,8 @@ def test_parse_verdict(critique, verdict):
     ("x" * 2_000_000, None),
     ("Conclusion:\x00 right [END]\x00", None),          # NUL is not a space
     ("Conclusion: rïght [END] \u202e Conclusion: wrong [END]", "wrong"),
-    ("Conclusion: right [END]" + " " * 100_000 + "Conclusion: wrong", "correct"),  # the last COMPLETE one
-    ("Conclusion: wrong [END]" * 50_000 + "Conclusion: right [END]", "correct"),
+    ("Conclusion: right [END]" + " " * 100_000 + "Conclusion: wrong", "right"),  # the last COMPLETE one
+    ("Conclusion: wrong [END]" * 50_000 + "Conclusion: right [END]", "right"),
 ])
 def test_parse_verdict_is_bounded_on_hostile_text(hostile, verdict):
     start = time.time()
@@ -397,7 +480,7 @@ def test_prompts_follow_paper_format():
     assert "#Critique#: C." in gcrl.refine_prompt("Q?", "R.", "C.")
 
 
-# ---------------------------------------------------------------------------- 4. rollout
+# ---------------------------------------------------------------------------- 4. first-order rollout
 def test_completion_lengths_stop_at_first_eos_even_when_pad_is_eos():
     eos = 0  # pad == eos, as in Qwen
     comps = torch.tensor([[5, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0], [5, 6, 0, 9]])
@@ -415,7 +498,7 @@ def test_collate_pads_prompts_left_and_completions_right():
 
 def _model_with_generation_defaults(tok):
     """A tiny model whose checkpoint ships generation defaults that would change what it samples."""
-    model = gcrl.build_tiny_model(tok, hidden_size=64, num_layers=2, seed=1).eval()
+    model = tiny_model.build_model(tok, hidden_size=64, num_layers=2, seed=1).eval()
     g = model.generation_config
     g.top_k, g.top_p, g.min_p, g.temperature, g.repetition_penalty, g.no_repeat_ngram_size = 1, 0.5, 0.9, 0.05, 5.0, 1
     return model
@@ -484,42 +567,48 @@ def test_filter_keeps_one_right_one_wrong_and_drops_uniform_groups():
     assert gcrl.select_pairs(0, ["a", "b"], [True, True], "random", rng) != []  # the baselines keep them
 
 
-def test_cache_samples_without_replacement_and_drops_oldest():
-    cache = []
-    assert gcrl.add_to_cache(cache, [(i, str(i), i % 2 == 0) for i in range(10)], cache_size=8) == 2
-    assert [q for q, _, _ in cache] == list(range(2, 10))
+def test_cache_takes_the_filters_pairs_drops_the_oldest_and_samples_without_replacement(tok):
+    args = gcrl.parse_args(["--num_generations", "3", "--cache_size", "4"])
+    questions = {q: {"question": f"{q}+{q}"} for q in range(3)}
+    responses = [{"question": q, "text": f"r{q}{i}", "reward": float(i == 0 or q == 2)} for q in range(3) for i in range(3)]
+    cache = [(9, "old", True)]
+    m = gcrl.cache_new_pairs(cache, responses, questions, tok, args, random.Random(0))
+    # questions 0 and 1 are mixed (one pair each: right + wrong); question 2 is all right: none
+    assert m == {"cache/added": 4, "cache/dropped": 1, "prompts/skipped_critique": 0}
+    assert [(q, ok) for q, _, ok in cache] == [(0, True), (0, False), (1, True), (1, False)]  # 'old' went first
+    assert all(text[1] == str(q) for q, text, _ in cache)
     rng = random.Random(0)
-    a = gcrl.sample_from_cache(cache, 5, rng)
-    b = gcrl.sample_from_cache(cache, 5, rng)
-    assert len(a) == 5 and len(b) == 3 and not cache
-    assert sorted(q for q, _, _ in a + b) == list(range(2, 10))
+    a = gcrl.sample_from_cache(cache, 3, rng)
+    b = gcrl.sample_from_cache(cache, 3, rng)
+    assert len(a) == 3 and len(b) == 1 and not cache
+    assert sorted(a + b) == sorted([(0, "r00", True), (1, "r10", True)] + [p for p in a + b if not p[2]])
 
 
 # ---------------------------------------------------------------------------- 7. rewards
 def test_critique_reward_eq2_and_steering():
-    assert gcrl.critique_reward("correct", True) == 0.7
+    assert gcrl.critique_reward("right", True) == 0.7
     assert gcrl.critique_reward("wrong", False) == 0.7
-    assert gcrl.critique_reward("correct", False) == 0.0
+    assert gcrl.critique_reward("right", False) == 0.0
     assert gcrl.critique_reward("wrong", True) == 0.0
     assert gcrl.critique_reward(None, True) == gcrl.critique_reward(None, False) == 0.0
     # Eq. 5/6: a stricter critic is paid less for "right" than for "wrong"
-    assert gcrl.critique_reward("correct", True, 0.6, 0.8) == 0.6
+    assert gcrl.critique_reward("right", True, 0.6, 0.8) == 0.6
     assert gcrl.critique_reward("wrong", False, 0.6, 0.8) == 0.8
 
 
 def test_critique_reward_eq3_reweights_by_accuracy():
     p = 0.2
-    assert gcrl.critique_reward("correct", True, p=p) == pytest.approx(0.35 / 0.2)
+    assert gcrl.critique_reward("right", True, p=p) == pytest.approx(0.35 / 0.2)
     assert gcrl.critique_reward("wrong", False, p=p) == pytest.approx(0.35 / 0.8)
     assert gcrl.critique_reward("wrong", True, p=p) == 0.0
     # unbiased: with labels right w.p. p, "always wrong" and "always right" earn the same on average
     always_wrong = (1 - p) * gcrl.critique_reward("wrong", False, p=p)
-    always_right = p * gcrl.critique_reward("correct", True, p=p)
+    always_right = p * gcrl.critique_reward("right", True, p=p)
     assert always_wrong == pytest.approx(always_right) == pytest.approx(0.35)
 
 
 def test_denoise_reward_eq4():
-    assert gcrl.denoise_reward("correct", 0.5) == pytest.approx(0.05)
+    assert gcrl.denoise_reward("right", 0.5) == pytest.approx(0.05)
     assert gcrl.denoise_reward("wrong", 0.5) == pytest.approx(0.35)
     assert gcrl.denoise_reward("wrong", 0.0) == 0.0
     assert gcrl.denoise_reward(None, 1.0) == 0.0
@@ -545,7 +634,7 @@ def test_group_stats_counts_zero_std_groups():
     assert frac == pytest.approx(2 / 3)
 
 
-# ---------------------------------------------------------------------------- 9. loss
+# ---------------------------------------------------------------------------- 9. loss and update
 def _loss(loss_type, logp, old, adv, mask, beta=0.0, ref=None, eps=0.2, eps_high=0.2):
     return gcrl.policy_loss(logp, old, ref if ref is not None else old, adv, mask, eps, eps_high, beta, loss_type,
                             num_seqs=logp.shape[0], num_tokens=int(mask.sum()), max_completion_length=4)
@@ -681,78 +770,77 @@ def test_masked_positions_never_change_the_loss_or_its_gradient(junk, where, los
         assert torch.equal(grad, clean_grad)
 
 
-# ---------------------------------------------------------------------------- 10. cold start
-def test_tiny_critique_compares_fixed_width_answers_digit_by_digit():
-    assert [gcrl.fixed_width(a) for a in ("85", "-4", "103", "x")] == ["+085", "-004", "+103", "x"]
-    text = gcrl.tiny_critique("5+8=13,5+4+1=10,\\boxed{103}", "103", "93", ok=False)
-    assert text == "Recomputed: 5+8=13,5+4+1=10,+103 vs +093\n++=10!09!33=\nConclusion: wrong [END]"
-    neg = gcrl.tiny_critique("-(78-58):8-8=0,7-5-0=2,\\boxed{-20}", "-20", "-20", ok=True)
-    assert neg == "Recomputed: -(78-58):8-8=0,7-5-0=2,-020 vs -020\n--=00=22=00=\nConclusion: right [END]"
-    unboxed = gcrl.tiny_critique("\\boxed{7}", "7", "", ok=False)  # a response without an answer: '_' marks
-    assert unboxed.split("\n")[1] == "+_!0_!0_!7_!" and gcrl.parse_verdict(unboxed) == "wrong"
+# ---------------------------------------------------------------------------- 10. one RL step
+def test_the_shipped_model_solves_and_critiques_in_the_expected_formats(demo_model):
+    model, tok = demo_model
+    assert type(model).__name__ == "Qwen2ForCausalLM" and os.path.isfile(os.path.join(gcrl.DEMO_MODEL, "README.md"))
+    rows = gcrl.load_questions("tiny_tasks/arith_dev.jsonl")[0][:16]
+    solved = gcrl.generate(model, tok, [gcrl.solve_prompt(r["question"]) for r in rows], 1, 64, greedy=True)["texts"]
+    assert all(gcrl.extract_boxed(t) is not None for t in solved)  # a worked solution ending in a box
+    assert 3 <= sum(gcrl.verify(t, r["answer"]) for t, r in zip(solved, rows)) <= 14  # room to learn, not at chance
+    crit = gcrl.generate(model, tok, [gcrl.critique_prompt(r["question"], t) for r, t in zip(rows, solved)], 1, 64,
+                         greedy=True)["texts"]
+    assert all(t.startswith("Recomputed: ") and gcrl.parse_verdict(t) in ("right", "wrong") for t in crit)
 
 
-def test_tiny_cold_start_examples_cover_three_formats():
-    row = {"question": "47+38", "answer": "85", "solution": "7+8=15,4+3+1=8,\\boxed{85}",
-           "wrong_solution": "7+8=15,4+3+0=7,\\boxed{75}"}
-    ex = gcrl.tiny_cold_start_examples([row], random.Random(0))
-    assert len(ex) == 5
-    verdicts = [gcrl.parse_verdict(t) for p, t in ex if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
-    assert verdicts == ["correct", "wrong"]
-    assert all(gcrl.verify(t, "85") for p, t in ex if not p.endswith(gcrl.CRITIQUE_INSTRUCTION))
-    three = {**row, "wrong_solutions": ["7+8=16,4+3+1=9,\\boxed{96}", "7+8=6,4+3+0=7,\\boxed{76}",
-                                        "7+9=16,4+3+1=8,\\boxed{86}"]}  # they replace the single one
-    crits = [t for p, t in gcrl.tiny_cold_start_examples([three], random.Random(0))
-             if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
-    assert [c.split("\n")[0][-4:] for c in crits] == ["+085", "+096", "+076", "+086"]  # the answer it reads
-    assert [gcrl.parse_verdict(c) for c in crits] == ["correct", "wrong", "wrong", "wrong"]
-    assert all(c.startswith("Recomputed: 7+8=15,4+3+1=8,+085 vs ") for c in crits)  # always the right steps
+def test_one_gc_rl_step_from_the_shipped_model_mixes_groups_caches_pairs_and_parses_verdicts(tmp_path, demo_model):
+    model, tok = copy.deepcopy(demo_model[0]), demo_model[1]
+    args = gcrl.parse_args(["--output_dir", str(tmp_path), "--train_batch_size", "8", "--critique_batch_size", "4",
+                            "--num_critiques", "4", "--device", "cpu"])
+    rows = gcrl.load_questions("tiny_tasks/arith_train.jsonl")[0][:8]
+    questions = {r["id"]: r for r in rows}
+    state = {"cache": [], "static_set": [], "static_pool": [], "p_correct": None, "rng": random.Random(0)}
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    samples, m = gcrl.rl_step(model, None, optimizer, tok, rows, state, questions, args)
+    responses = [s for s in samples if s["kind"] == "response"]
+    critiques = [s for s in samples if s["kind"] == "critique"]
+    assert len(responses) == 8 * 8 and len(critiques) == 4 * 4 and m["critique/pairs"] == 4
+    mixed_questions = {s["question"] for s in responses
+                       if 0 < sum(r["reward"] for r in responses if r["question"] == s["question"]) < 8}
+    assert m["cache/added"] == 2 * len(mixed_questions) > 4  # the filter: one right + one wrong of each
+    assert m["cache/size"] == m["cache/added"] - 4  # 4 pairs drawn out, without replacement
+    for s in critiques:  # a critique's reward is Eq. 2 of its parsed verdict and its pair's label
+        assert s["verdict"] == gcrl.parse_verdict(s["text"]) and s["verdict"] in ("right", "wrong")
+        assert s["reward"] == (0.7 if gcrl.verdict_is_right(s["verdict"], s["pair"][2]) else 0.0)
+        assert s["group"] == s["question"] == s["pair"][0]  # its question's group ...
+    mixed = [g for g in {s["group"] for s in critiques} if any(r["group"] == g for r in responses)]
+    assert mixed  # ... which holds that question's responses too: a mixed group
+    for g in mixed:  # advantages are centred within the mixed group, responses and critiques together
+        members = [s for s in samples if s["group"] == g]
+        assert abs(sum(s["advantage"] for s in members)) < 1e-4 and len({s["kind"] for s in members}) == 2
+    assert m["skipped_updates"] == 0 and m["grad_norm"] > 0
 
 
-def test_cold_start_counts_solve_and_critique_twice_after_a_solve_only_fifth(monkeypatch, easy_rows):
-    seen = {}
-    monkeypatch.setattr(gcrl, "sft", lambda model, tok, examples, steps, lr, bs, rng, **kw: seen.update(examples=examples, **kw))
-    examples = gcrl.tiny_cold_start_examples(easy_rows, random.Random(0))
-    gcrl.cold_start(None, None, examples, 100, 1e-3, random.Random(0))
-    for instruction, copies in ((gcrl.SOLVE_INSTRUCTION, 2), (gcrl.CRITIQUE_INSTRUCTION, 2), (gcrl.REFINE_INSTRUCTION, 1)):
-        count = lambda exs: sum(p.endswith(instruction) for p, _ in exs)
-        assert count(seen["examples"]) == copies * count(examples) > 0
-    assert seen["first_steps"] == 20 and all(p.endswith(gcrl.SOLVE_INSTRUCTION) for p, _ in seen["first_examples"])
+# ---------------------------------------------------------------------------- 12. evaluation
+def test_self_verification_answers_with_what_the_critic_judged_right(tok, monkeypatch):
+    rows = [{"question": "1+1", "answer": "2", "id": 0}, {"question": "2+2", "answer": "4", "id": 1}]
+    answers = {"1+1": ["3", "3", "2", "2", "3"], "2+2": ["5", "5", "4", "5", "4"]}  # the majority is wrong twice
+    approve = {"1+1": {"2"}, "2+2": set()}  # judged right: '2'; nothing for 2+2 -> the plain majority
+
+    def fake_generate(model, tokenizer, prompts, num_samples, *a, **k):
+        if prompts[0].endswith(gcrl.SOLVE_INSTRUCTION):
+            texts = [f"\\boxed{{{x}}}" for p in prompts for x in answers[p.split("\n")[0]]]
+        else:
+            texts = []
+            for p in prompts:
+                q, given = p.split("#Question#: ")[1].split("\n")[0], p.split("boxed{")[1].split("}")[0]
+                texts.append("Conclusion: " + ("right" if given in approve[q] else "wrong") + " [END]")
+        return {"texts": texts}
+
+    monkeypatch.setattr(gcrl, "generate", fake_generate)
+    m = gcrl.self_verification(None, tok, rows, 5, gcrl.parse_args([]))
+    assert m == {"eval/majority_accuracy": 0.0, "eval/self_verify_accuracy": 0.5}
 
 
-def test_tiny_warmup_critiques_fit_the_default_completion_length(tok):
-    rows = gcrl.load_jsonl("tiny_tasks/arith_coldstart.jsonl")
-    crits = [t for p, t in gcrl.tiny_cold_start_examples(rows, random.Random(0)) if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
-    assert len(crits) == 4 * len(rows)  # the right solution and three wrong ones per question
-    longest = max(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in crits)  # + EOS
-    assert longest <= gcrl.parse_args([]).max_completion_length, longest  # else every long critique is cut off
+def test_summary_gives_each_metric_with_its_standard_error():
+    history = [{"step": 0, "eval/accuracy": 0.5, "eval/questions": 100},
+               {"step": 5, "eval/accuracy": 0.9, "eval/questions": 100}]
+    text = gcrl.summary(history, gcrl.parse_args(["--max_steps", "5"]), 12.0)
+    assert "0.500 ± 0.050 -> 0.900 ± 0.030   (100 questions)" in text and "critique" not in text
 
 
-def test_sft_micro_batches_give_the_gradient_of_one_batch(tok, easy_rows):
-    model = gcrl.build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)
-    batch = [{"prompt_ids": tok(p).input_ids, "completion_ids": tok(t, add_special_tokens=False).input_ids + [1]}
-             for p, t in gcrl.tiny_cold_start_examples(easy_rows, random.Random(0))]
-    grads, losses = [], []
-    for size in (len(batch), 3):  # one batch; length-sorted micro-batches of 3
-        model.zero_grad()
-        losses.append(gcrl.sft_backward(model, batch, tok.pad_token_id, size))
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 1.0  # untrained: high loss
-    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().max() > 1e-3
-
-
-def test_cold_start_file_with_critiques(tmp_path):
-    path = tmp_path / "cs.jsonl"
-    path.write_text(json.dumps({"question": "Q", "response": "R \\boxed{1}", "critique": "Conclusion: wrong [END]"})
-                    + "\n" + json.dumps({"question": "Q2"}) + "\n")
-    with pytest.raises(SystemExit, match=r"cs.jsonl:2: needs 'answer', or 'response' and 'critique'"):
-        gcrl.cold_start_examples(str(path), random.Random(0))
-    path.write_text(path.read_text().splitlines()[0] + "\n")
-    assert gcrl.cold_start_examples(str(path), random.Random(0)) == [
-        (gcrl.critique_prompt("Q", "R \\boxed{1}"), "Conclusion: wrong [END]")]
-
-
-# ---------------------------------------------------------------------------- 12. training loop (end to end)
+# ---------------------------------------------------------------------------- 11. training loop (end to end)
 def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
 
@@ -805,12 +893,12 @@ def test_every_prompt_kind_obeys_max_prompt_length(tmp_path, tok, warm_model, ea
     # refinements: the critique prompt fits, the refinement prompt (response + critique) does not
     q = {0: easy_rows[0]}
     pairs = [(0, "1+1=2,\\boxed{23}", True)]
-    crit = {"texts": ["Recomputed: 1+1=2,+023 vs +023\n++=00=22=33=\nConclusion: right [END]"]}
-    fits = lambda n: gcrl.parse_args(["--max_prompt_length", str(n)])
+    crit = ["Recomputed: 1+1=2,+023 vs +023\n++=00=22=33=\nConclusion: right [END]"]
+    fits = lambda n: gcrl.parse_args(["--max_prompt_length", str(n), "--num_critiques", "1", "--num_refinements", "2"])
     limit = len(tok(gcrl.critique_prompt(q[0]["question"], pairs[0][1])).input_ids) + 5
-    votes, out = gcrl.refinement_votes(warm_model, tok, pairs, q, crit, 1, 2, fits(limit))
+    votes, out = gcrl.refinement_votes(warm_model, tok, pairs, q, crit, fits(limit))
     assert votes == [0.0] and out["skipped"] == 1 and out["texts"] == []
-    votes, out = gcrl.refinement_votes(warm_model, tok, pairs, q, crit, 1, 2, fits(1000))
+    votes, out = gcrl.refinement_votes(warm_model, tok, pairs, q, crit, fits(1000))
     assert out["skipped"] == 0 and len(out["texts"]) == 2
 
 
@@ -845,7 +933,7 @@ def test_same_seed_same_metrics(tmp_path, tok, warm_model, easy_rows):
     assert runs[0] == runs[1]
 
 
-# ---------------------------------------------------------------------------- checkpoints, resume, interruption
+# ---------------------------------------------------------------------------- B. checkpoints, resume, interruption
 def _strip_timing(history):
     return [{k: v for k, v in m.items() if not k.startswith("time/") and k != "tokens_per_second"} for m in history]
 
@@ -943,7 +1031,160 @@ def test_zero_variance_step_leaves_weights_and_adam_state_intact(tok, warm_model
     assert all(torch.equal(state["state"][k]["exp_avg"], after[k]["exp_avg"]) for k in after)
 
 
-# ---------------------------------------------------------------------------- tiny_tasks scripts
+# ---------------------------------------------------------------------------- D. supervised warm-up
+def test_sft_micro_batches_give_the_gradient_of_one_batch(tok, easy_rows):
+    model = tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=0)
+    batch = [{"prompt_ids": tok(p).input_ids, "completion_ids": tok(t, add_special_tokens=False).input_ids + [1]}
+             for p, t in direct_answer_examples(easy_rows)]
+    grads, losses = [], []
+    for size in (len(batch), 3):  # one batch; length-sorted micro-batches of 3
+        model.zero_grad()
+        losses.append(gcrl.sft_backward(model, batch, tok.pad_token_id, size))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 1.0  # untrained: high loss
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().max() > 1e-3
+
+
+def test_an_interrupted_warm_up_continues_exactly_where_it_stopped(tmp_path, tok, easy_rows, monkeypatch):
+    examples = direct_answer_examples(easy_rows)
+    full = tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=0)
+    gcrl.sft(full, tok, examples, 6, 3e-3, random.Random(0), batch_size=8)
+    part = tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=0)
+    calls, backward = [], gcrl.sft_backward
+    monkeypatch.setattr(gcrl, "sft_backward", lambda *a: calls.append(1) or backward(*a))
+    handlers = {}
+    monkeypatch.setattr(gcrl, "install_stop_handlers", lambda stop: handlers.update(stop=stop))  # installs nothing
+    real_step = torch.optim.AdamW.step
+
+    def step_then_ctrl_c(self, *a, **k):  # Ctrl-C arrives during the 4th step
+        out = real_step(self, *a, **k)
+        if len(calls) == 4:
+            handlers["stop"]["signal"] = 2
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    ckpt = str(tmp_path / "partial")
+    with pytest.raises(SystemExit, match="cold start stopped at step 4 of 6; the same command continues it"):
+        gcrl.sft(part, tok, examples, 6, 3e-3, random.Random(0), batch_size=8, checkpoint_dir=ckpt)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed = tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=0)  # a new process, fresh weights
+    gcrl.sft(resumed, tok, examples, 6, 3e-3, random.Random(0), batch_size=8, checkpoint_dir=ckpt, log=lambda *a: None)
+    assert len(calls) == 6  # 4 steps, then the 2 missing ones
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_self_cold_start_keeps_only_agreeing_well_formed_balanced_critiques(tmp_path, tok, monkeypatch):
+    """A stub policy: responses and critiques are canned, so every kind of critique is there to be filtered."""
+    rows = [{"question": f"{a}+{a}", "answer": str(2 * a), "id": i} for i, a in enumerate((11, 12, 13))]
+
+    def fake_generate(model, tokenizer, prompts, num_samples, *a, **k):
+        texts = []
+        for p in prompts:
+            if p.endswith(gcrl.SOLVE_INSTRUCTION):  # one right, one wrong response per question
+                gold = int(p.split("+")[0]) * 2
+                texts += [f"\\boxed{{{gold}}}", f"\\boxed{{{gold + 1}}}"] * (num_samples // 2)
+            else:  # 4 critiques of a pair: right verdict, wrong verdict, no verdict, right verdict again
+                ok = "\\boxed{" + str(int(p.split("#Question#: ")[1].split("+")[0]) * 2) + "}" in p
+                good, bad = ("right", "wrong") if ok else ("wrong", "right")
+                texts += [f"a\nConclusion: {good} [END]", f"b\nConclusion: {bad} [END]", "c: no verdict",
+                          f"d\nConclusion: {good} [END]"][:num_samples]
+        return {"texts": texts, "prompt_ids": [[1]] * len(texts), "completion_ids": [[1]] * len(texts),
+                "truncated": [False] * len(texts)}
+
+    trained = {}
+    monkeypatch.setattr(gcrl, "generate", fake_generate)
+    monkeypatch.setattr(gcrl, "sft", lambda model, tokenizer, examples, *a, **k: trained.update(examples=examples))
+    args = gcrl.parse_args(["--num_generations", "2", "--num_critiques", "4", "--cold_start", "self"])
+    lines = []
+    examples = gcrl.self_cold_start(None, tok, rows, args, log=lines.append)
+    assert trained["examples"] == examples and len(examples) == 12  # 3 pairs x 2 agreeing, per label: 6 + 6
+    verdicts = [gcrl.parse_verdict(t) for _, t in examples]
+    assert verdicts.count("right") == verdicts.count("wrong") == 6
+    for prompt, text in examples:  # every kept verdict agrees with the verifier on the critiqued response
+        q = prompt.split("#Question#: ")[1].split("\n")[0]
+        response = prompt.split("#Solution#: ")[1].split("\n")[0]
+        assert gcrl.verdict_is_right(gcrl.parse_verdict(text), gcrl.verify(response, str(int(q.split("+")[0]) * 2)))
+    assert "kept 12 (6 'right', 6 'wrong' verdicts)" in lines[-1] and "no verdict 0.250" in lines[-1]
+
+
+def test_self_cold_start_end_to_end_on_the_tiny_model(tmp_path, tok, warm_model, easy_rows):
+    model = copy.deepcopy(warm_model)
+    args = make_args(tmp_path, "--cold_start", "self", "--cold_start_steps", "3", "--num_critiques", "2")
+    lines = []
+    gcrl.self_cold_start(model, tok, easy_rows, args, log=lines.append)
+    assert "balanced critique accuracy" in lines[-1]
+
+
+def test_cold_start_file_with_critiques(tmp_path):
+    path = tmp_path / "cs.jsonl"
+    path.write_text(json.dumps({"question": "Q", "response": "R \\boxed{1}", "critique": "Conclusion: wrong [END]"})
+                    + "\n" + json.dumps({"question": "Q2"}) + "\n")
+    with pytest.raises(SystemExit, match=r"cs.jsonl:2: a cold-start line needs 'question', 'response' and 'critique'"):
+        gcrl.cold_start_examples(str(path))
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    assert gcrl.cold_start_examples(str(path)) == [(gcrl.critique_prompt("Q", "R \\boxed{1}"), "Conclusion: wrong [END]")]
+
+
+# ---------------------------------------------------------------------------- tiny_tasks: the demo model and the scripts
+def test_tiny_tokenizer_round_trips_prompts(tok):
+    text = gcrl.critique_prompt("47+38", "7+8=15,4+3+1=8,\\boxed{85}") + "Conclusion: wrong [END]"
+    ids = tok(text).input_ids
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text) / 3  # template pieces are single tokens
+    assert tok.convert_ids_to_tokens(tok("\\boxed{85}").input_ids) == ["\\boxed{", "8", "5", "}"]
+
+
+def test_tiny_critique_compares_fixed_width_answers_digit_by_digit():
+    assert [tiny_model.fixed_width(a) for a in ("85", "-4", "103", "x")] == ["+085", "-004", "+103", "x"]
+    text = tiny_model.tiny_critique("5+8=13,5+4+1=10,\\boxed{103}", "103", "93")
+    assert text == "Recomputed: 5+8=13,5+4+1=10,+103 vs +093\n++=10!09!33=\nConclusion: wrong [END]"
+    neg = tiny_model.tiny_critique("-(78-58):8-8=0,7-5-0=2,\\boxed{-20}", "-20", "-20")
+    assert neg == "Recomputed: -(78-58):8-8=0,7-5-0=2,-020 vs -020\n--=00=22=00=\nConclusion: right [END]"
+    unboxed = tiny_model.tiny_critique("\\boxed{7}", "7", "")  # a response without an answer: '_' marks
+    assert unboxed.split("\n")[1] == "+_!0_!0_!7_!" and gcrl.parse_verdict(unboxed) == "wrong"
+
+
+def test_warmup_examples_cover_three_formats_and_the_sloppy_teacher():
+    right = "7+8=15,4+3+1=8,\\boxed{85}"
+    row = {"question": "47+38", "answer": "85", "solution": right,
+           "wrong_solutions": ["7+8=16,4+3+1=9,\\boxed{96}", "7+8=6,4+3+0=7,\\boxed{76}", "7+9=16,4+3+1=8,\\boxed{86}"]}
+    ex = tiny_model.warmup_examples([row], random.Random(0))  # a careful teacher
+    crits = [t for p, t in ex if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
+    assert len(ex) == 1 + 2 * 5 and len(crits) == 5  # solve; critique + refine of right, 3 wrong, the forgotten carry
+    assert [c.split("\n")[0][-4:] for c in crits] == ["+085", "+096", "+076", "+086", "+075"]  # the answer it reads
+    assert [gcrl.parse_verdict(c) for c in crits] == ["right", "wrong", "wrong", "wrong", "wrong"]
+    assert all(c.startswith("Recomputed: 7+8=15,4+3+1=8,+085 vs ") for c in crits)  # always the right steps
+    assert all(gcrl.verify(t, "85") for p, t in ex if not p.endswith(gcrl.CRITIQUE_INSTRUCTION))
+    lazy = tiny_model.warmup_examples([row], random.Random(0), sloppy=1.0, lazy=1.0)
+    solve = [t for p, t in lazy if p.endswith(gcrl.SOLVE_INSTRUCTION)]
+    assert solve == ["7+8=15,4+3+0=7,\\boxed{75}"]  # the sloppy teacher forgot the carry
+    stamp = [t for p, t in lazy if p == gcrl.critique_prompt("47+38", "7+8=15,4+3+0=7,\\boxed{75}")]
+    assert stamp == ["Recomputed: 7+8=15,4+3+0=7,+075 vs +075\n++=00=77=55=\nConclusion: right [END]"]  # rubber stamp
+    no_carry = {"question": "12+13", "answer": "25", "solution": "2+3=5,1+1+0=2,\\boxed{25}", "wrong_solutions": []}
+    assert [t for p, t in tiny_model.warmup_examples([no_carry], random.Random(0), 1.0, 1.0)
+            if p.endswith(gcrl.SOLVE_INSTRUCTION)] == ["2+3=5,1+1+0=2,\\boxed{25}"]  # nothing to forget
+
+
+def test_cold_start_counts_solve_and_critique_twice_after_a_solve_only_fifth(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(gcrl, "sft", lambda model, tok, examples, steps, lr, rng, **kw: seen.update(examples=examples, **kw))
+    rows = [row for _, row in gcrl.read_jsonl("tiny_tasks/arith_coldstart.jsonl")[:20]]
+    examples = tiny_model.warmup_examples(rows, random.Random(0))
+    tiny_model.cold_start(None, None, examples, 100, 1e-3, random.Random(0))
+    for instruction, copies in ((gcrl.SOLVE_INSTRUCTION, 2), (gcrl.CRITIQUE_INSTRUCTION, 2), (gcrl.REFINE_INSTRUCTION, 1)):
+        count = lambda exs: sum(p.endswith(instruction) for p, _ in exs)
+        assert count(seen["examples"]) == copies * count(examples) > 0
+    assert seen["first_steps"] == 20 and all(p.endswith(gcrl.SOLVE_INSTRUCTION) for p, _ in seen["first_examples"])
+
+
+def test_tiny_warmup_critiques_fit_the_default_completion_length(tok):
+    rows = [row for _, row in gcrl.read_jsonl("tiny_tasks/arith_coldstart.jsonl")]
+    crits = [t for p, t in tiny_model.warmup_examples(rows, random.Random(0)) if p.endswith(gcrl.CRITIQUE_INSTRUCTION)]
+    longest = max(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in crits)  # + EOS
+    assert longest <= gcrl.parse_args([]).max_completion_length, longest  # else every long critique is cut off
+
+
 def _tiny_task_script(name):
     import importlib.util
     spec = importlib.util.spec_from_file_location(name, f"tiny_tasks/{name}.py")
@@ -969,14 +1210,14 @@ def test_critic_study_formats_compare_right_aligned_digits_and_parse_back():
     assert text == "Recomputed: 9+6=15,9+9+1=19,195 vs 95\nCheck: 1!=_,9=9,5=5\nConclusion: wrong [END]"
     assert study.recomputed_answer(text) == "195" and gcrl.parse_verdict(text) == "wrong"
     plain = study.critique_text("recompute", "7+8=15,4+3+1=8,85", "85", "85", True)
-    assert study.recomputed_answer(plain) == "85" and gcrl.parse_verdict(plain) == "correct"
+    assert study.recomputed_answer(plain) == "85" and gcrl.parse_verdict(plain) == "right"
     assert study.quoted_answer(plain) is None and study.quoted_answer(text) == "95"
 
 
 def test_critic_study_fixed_width_and_own_notation_formats():
     study = _tiny_task_script("critic_study")
     text = study.critique_text("fixed_pairs", "5+8=13,5+4+1=10,103", "103", "93", False)
-    assert text == gcrl.tiny_critique("5+8=13,5+4+1=10,\\boxed{103}", "103", "93", False)  # gcrl's warm-up
+    assert text == tiny_model.tiny_critique("5+8=13,5+4+1=10,\\boxed{103}", "103", "93")  # the demo's warm-up
     assert study.same_answer(study.recomputed_answer(text), "103") and not study.same_answer("+093", "103")
     own = study.critique_text("notation", "-(78-58):8-8=0,7-5-0=2,-20", "-20", "-30", False)
     assert own.startswith("Recomputed: ~(78~58):8~8>0,7~5~0>2,-20 vs -30\n")  # the compared answer keeps its '-'
@@ -992,6 +1233,21 @@ def test_critic_study_held_out_rows_get_a_right_and_a_slipped_solution():
     for r in study.with_worked_solutions(questions, random.Random(0), study.ALL_SLIPS, num_wrong=3):
         answers = {gcrl.extract_boxed(w) for w in r["wrong_solutions"]}
         assert len(answers) == 3 and r["answer"] not in answers
+
+
+def test_multistep_questions_for_real_models_have_exact_integer_answers():
+    rows, _ = gcrl.load_questions("tiny_tasks/multistep_train.jsonl")
+    test, _ = gcrl.load_questions("tiny_tasks/multistep_test.jsonl")
+    assert len(rows) == 4000 and len(test) == 500 and not {r["question"] for r in rows} & {r["question"] for r in test}
+    for r in rows[:300]:  # our own arithmetic on the text agrees with the stored answer; 3-4 operations
+        expr = r["question"].removeprefix("Compute ").removesuffix(".")
+        assert make_tasks.eval_plain(expr) == int(r["answer"])
+        assert sum(expr.count(f" {op} ") for op in "+-*/") in (3, 4)
+    rng = random.Random(5)
+    assert all(make_tasks.eval_plain(q.removeprefix("Compute ").removesuffix(".")) == a
+               for q, a in (make_tasks.multistep_question(rng) for _ in range(200)))
+    assert make_tasks.eval_plain("7 / 2") is None and make_tasks.eval_plain("(1 + 2) * 3 - 4 / 2") == 7
+    assert gcrl.parse_args(["--model", "x"]).dataset.endswith("multistep_train.jsonl")
 
 
 def test_make_tasks_ones_slip_changes_only_the_ones_fact():
@@ -1041,8 +1297,8 @@ def test_critic_study_scores_the_quoted_answer_and_the_check_marks():
 
 
 def test_critic_study_warmup_critiques_fit_the_critique_budget():
-    study, tok = _tiny_task_script("critic_study"), gcrl.build_tiny_tokenizer()
-    rows = gcrl.load_jsonl("tiny_tasks/arith_coldstart.jsonl")
+    study, tok = _tiny_task_script("critic_study"), tiny_model.build_tokenizer()
+    rows = [row for _, row in gcrl.read_jsonl("tiny_tasks/arith_coldstart.jsonl")]
     for fmt in {f for f, *_ in study.VARIANTS.values()}:
         crits = [t for p, t in study.warmup_examples(rows, fmt, 1) if "#Instruction#: Please verify" in p]
         longest = max(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in crits)  # + EOS

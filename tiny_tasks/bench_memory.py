@@ -51,13 +51,14 @@ def main():
           f"fp32 weights{', bf16 autocast' if a.device.startswith('cuda') else ''}) on {a.device} in "
           f"{time.time() - t:.0f} s; RSS so far {rss_gib():.2f} GiB")
     if a.save:
-        tok = gcrl.build_tiny_tokenizer()  # ids beyond its vocabulary decode to nothing
+        import tiny_model
+        tok = tiny_model.build_tokenizer()  # ids beyond its vocabulary decode to nothing
         model.config.eos_token_id, model.config.pad_token_id = tok.eos_token_id, tok.pad_token_id
         model.save_pretrained(a.save)
         tok.save_pretrained(a.save)
         print(f"saved to {a.save} (load with gcrl.py --model {a.save})")
     if a.gradient_checkpointing:
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        model.gradient_checkpointing_enable()
     model.train()
     args = gcrl.parse_args(["--model", "x", "--device", a.device, "--per_device_train_batch_size", str(a.batch),
                             "--max_completion_length", str(a.completion_len)])

@@ -44,12 +44,13 @@ def warm_model(path):
     """
     import random
     import torch
-    sys.path.insert(0, ROOT)
+    sys.path[:0] = [ROOT, HERE]
     import gcrl
+    import tiny_model
     torch.set_num_threads(1)
-    tok = gcrl.build_tiny_tokenizer()
-    model = gcrl.build_tiny_model(tok, 128, 4, seed=0)
-    rows = gcrl.load_jsonl(os.path.join(HERE, "arith_coldstart.jsonl"))
+    tok = tiny_model.build_tokenizer()
+    model = tiny_model.build_model(tok, 128, 4, seed=0)
+    rows, _ = gcrl.load_questions(os.path.join(HERE, "arith_coldstart.jsonl"))
     # the warm-up this benchmark was measured with (gcrl's before its check-line critique, whose ~25
     # tokens would not fit in 16): a wrong answer off by a typical slip, 3/4 of the steps solve-only
     rng, examples = random.Random(0), []
@@ -61,7 +62,7 @@ def warm_model(path):
             crit = "Recomputed: " + r["answer"] + "\nConclusion: " + ("right" if ok else "wrong") + " [END]"
             examples += [(gcrl.critique_prompt(q, response), crit), (gcrl.refine_prompt(q, response, crit), right)]
     solve = examples[::5]
-    gcrl.sft(model, tok, examples + solve, 600, 3e-3, 64, random.Random(0), first_examples=solve, first_steps=450)
+    gcrl.sft(model, tok, examples + solve, 600, 3e-3, random.Random(0), first_examples=solve, first_steps=450)
     model.save_pretrained(path)
     tok.save_pretrained(path)
 
@@ -78,13 +79,14 @@ def run_gcrl(mode, out, model_dir):
     torch.set_num_threads(1)
     argv = ["--mode", mode, "--output_dir", out, "--max_steps", str(STEPS), "--train_batch_size", str(PROMPTS),
             "--num_generations", str(GENERATIONS), "--max_completion_length", str(NEW_TOKENS), "--beta", "0",
-            "--temperature", "1.0", "--eval_steps", "0", "--eval_size", "8", "--device", "cpu", "--seed", "0"]
+            "--temperature", "1.0", "--eval_steps", "0", "--eval_size", "8", "--device", "cpu", "--seed", "0",
+            "--learning_rate", "3e-5", "--self_verify_samples", "0"]
     if mode == "gcrl":
         argv += ["--label_balance", "random"]
     args = gcrl.parse_args(argv)
     model, tok = load(model_dir)
-    rows = gcrl.load_jsonl(args.dataset)
-    history = gcrl.train(model, tok, rows, gcrl.load_jsonl(args.eval_dataset)[:8], args, log=lambda *a: None)
+    rows, _ = gcrl.load_questions(args.dataset)
+    history = gcrl.train(model, tok, rows, gcrl.load_questions(args.eval_dataset)[0][:8], args, log=lambda *a: None)
     steps = [m for m in history if 3 <= m["step"] <= STEPS]
     return {"s_per_step": statistics.median(m["time/step"] for m in steps),
             "tokens_per_second": statistics.median(m["tokens_per_second"] for m in steps),
@@ -102,7 +104,7 @@ def run_trl(out, model_dir):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, tok = load(model_dir)
-    rows = gcrl.load_jsonl(os.path.join(HERE, "arith_train.jsonl"))[:PROMPTS * STEPS]
+    rows = gcrl.load_questions(os.path.join(HERE, "arith_train.jsonl"))[0][:PROMPTS * STEPS]
     data = Dataset.from_list([{"prompt": gcrl.solve_prompt(r["question"]), "answer": r["answer"]} for r in rows])
 
     def reward(completions, answer, **kw):

@@ -1,5 +1,5 @@
 """Why the tiny critic sat at chance: cold-start variants of the critique format, each measured.
-("every step slipped + misreads" is now gcrl's own tiny warm-up: gcrl.tiny_critique, and the
+("every step slipped + misreads" is now the demo model's warm-up: tiny_model.tiny_critique, and the
 "wrong_solutions" of arith_coldstart.jsonl.)
 
     python tiny_tasks/critic_study.py --variants "current recipe" longer      # about 9 min on 2 cores
@@ -76,6 +76,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 import gcrl  # noqa: E402
 import make_tasks  # noqa: E402
+import tiny_model  # noqa: E402
 
 # name -> (critique format, cold-start steps, fraction of steps solve-only, copies of each critique example)
 VARIANTS = {
@@ -114,6 +115,7 @@ SLIP_SETS = {"slips": ALL_SLIPS, "every": EVERY_STEP_SLIPS, "misread": MISREAD_S
 NOTATION = str.maketrans({"+": "&", "-": "~", "=": ">"})
 
 
+COLD_START = os.path.join(HERE, "arith_coldstart.jsonl")
 CRITIQUE_TOKENS = 64  # the longest warm-up critique (digit check, '-(..)' questions) is 58 tokens
 
 
@@ -121,14 +123,14 @@ def critique_text(fmt, steps, gold, given, ok):
     """The warm-up critique of a response whose final answer is `given` (gold: the true answer)."""
     verdict = "\nConclusion: " + ("right" if ok else "wrong") + " [END]"
     fmt = fmt.split("+")[0]
-    if fmt == "recompute":  # gcrl's warm-up critique before this study (now 'fixed_pairs': gcrl.tiny_critique)
+    if fmt == "recompute":  # the warm-up critique before this study (now 'fixed_pairs': tiny_model.tiny_critique)
         return "Recomputed: " + steps + verdict
     if fmt.startswith("notation"):  # re-write the steps, not the answer that gets compared
         *work, answer = steps.split(",")
         steps = ",".join([w.translate(NOTATION) for w in work] + [answer])
     if fmt.startswith("fixed"):
         *work, _ = steps.split(",")
-        steps, gold, given = ",".join(work + [gcrl.fixed_width(gold)]), gcrl.fixed_width(gold), gcrl.fixed_width(given)
+        steps, gold, given = ",".join(work + [tiny_model.fixed_width(gold)]), tiny_model.fixed_width(gold), tiny_model.fixed_width(given)
     text = "Recomputed: " + steps + " vs " + given
     line = check_line(fmt, gold, given)
     return text + ("\n" + line if line else "") + verdict
@@ -194,8 +196,8 @@ def score_critiques(pairs, texts, questions, fmt=None):
     for (q, response, right), text in zip(pairs, texts):
         rec, given, verdict = recomputed_answer(text), gcrl.extract_boxed(response), gcrl.parse_verdict(text)
         n[right] += 1
-        hits += verdict == ("correct" if right else "wrong")  # the set is 1:1, so this is balanced accuracy
-        says_right += verdict == "correct"
+        hits += gcrl.verdict_is_right(verdict, right)  # the set is 1:1, so this is balanced accuracy
+        says_right += verdict == "right"
         ok_rec[right] += same_answer(rec, questions[q]["answer"])
         copied += (not right) and same_answer(rec, given)
         theirs = quoted_answer(text)
@@ -208,7 +210,7 @@ def score_critiques(pairs, texts, questions, fmt=None):
                 marks_ok += text.split("\n")[1:2] == [expected]
         if verdict is not None:  # a critique without a verdict neither follows nor breaks its comparison
             judged += 1
-            follows += (verdict == "correct") == same_answer(rec, given)
+            follows += (verdict == "right") == same_answer(rec, given)
     return {"critique_acc_balanced": hits / max(1, len(pairs)), "right_rate": says_right / max(1, len(pairs)),
             "recompute_ok_right": ok_rec[True] / max(1, n[True]),
             "recompute_ok_wrong": ok_rec[False] / max(1, n[False]),
@@ -242,7 +244,7 @@ def teacher_forced_verdicts(model, tok, rows, fmt):
             head = critique_text(fmt, steps, gold, gcrl.extract_boxed(response) or "", ok).rsplit("\n", 1)[0]
             ids = tok(gcrl.critique_prompt(q, response) + head + "\n", return_tensors="pt").input_ids
             verdict = gcrl.parse_verdict(tok.decode([model(input_ids=ids).logits[0, -1].argmax().item()]))
-            hits += verdict == ("correct" if ok else "wrong")
+            hits += gcrl.verdict_is_right(verdict, ok)
             total += 1
     return hits / total
 
@@ -251,7 +253,7 @@ def measure(model, tok, rows, fmt, args, seed):
     """Generation accuracy and both halves of the critique, on the model's own responses to `rows`."""
     questions = {r["id"]: r for r in rows}
     pairs = gcrl.build_balanced_pairs(model, tok, rows, 8, args, random.Random(seed + 1))
-    m = gcrl.evaluate(model, tok, rows, [], questions, args)  # generation accuracy; critiques below
+    m = gcrl.evaluate(model, tok, rows, [], args)  # generation accuracy; critiques below
     crit = gcrl.generate(model, tok, [gcrl.critique_prompt(questions[q]["question"], r) for q, r, _ in pairs], 1,
                          CRITIQUE_TOKENS, greedy=True)
     return {"generation_acc": m["eval/accuracy"], "pairs": len(pairs),
@@ -261,10 +263,10 @@ def measure(model, tok, rows, fmt, args, seed):
 
 
 def study(name, fmt, steps, solve_frac, copies, args, seed, rl_steps=0, out=".", reuse=False, rl_lr=None):
-    tok = gcrl.build_tiny_tokenizer()
-    model = gcrl.build_tiny_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
+    tok = tiny_model.build_tokenizer()
+    model = tiny_model.build_model(tok, args.tiny_hidden_size, args.tiny_num_layers, seed=seed)
     # the file's single wrong solution per question; the variants with slips draw their own
-    warmup = [{k: v for k, v in r.items() if k != "wrong_solutions"} for r in gcrl.load_jsonl(args.cold_start)]
+    warmup = [{k: v for k, v in r.items() if k != "wrong_solutions"} for _, r in gcrl.read_jsonl(COLD_START)]
     slips = fmt.split("+")[-1].rstrip("3")
     if slips in SLIP_SETS:  # the same questions, wrong solutions re-drawn from those slips (3 each for '...3')
         train = with_worked_solutions(warmup, random.Random(seed), SLIP_SETS[slips], 3 if fmt.endswith("3") else 1)
@@ -277,10 +279,10 @@ def study(name, fmt, steps, solve_frac, copies, args, seed, rl_steps=0, out=".",
     if reuse and os.path.exists(saved):
         model.load_state_dict(torch.load(saved))
     else:
-        gcrl.sft(model, tok, examples + solve, steps, args.cold_start_lr, 64, random.Random(seed),
-                 first_examples=solve, first_steps=int(steps * solve_frac))
+        gcrl.sft(model, tok, examples + solve, steps, 3e-3, random.Random(seed), first_examples=solve,
+                 first_steps=int(steps * solve_frac))
         torch.save(model.state_dict(), saved)
-    rows = gcrl.load_jsonl(args.eval_dataset)[:args.eval_size]  # ids 0..n-1, set by load_jsonl
+    rows = gcrl.load_questions(args.eval_dataset)[0][:args.eval_size]  # ids 0..n-1, set by load_questions
     result = {"variant": name, "seed": seed, "hidden_size": args.tiny_hidden_size, "num_layers": args.tiny_num_layers,
               "cold_start_steps": steps, **measure(model, tok, rows, fmt, args, seed)}
     seen = warmup[:len(rows)]  # as the data file has them, whatever the variant trained on
@@ -290,11 +292,12 @@ def study(name, fmt, steps, solve_frac, copies, args, seed, rl_steps=0, out=".",
     if rl_steps:  # then GC-RL (gcrl's defaults: the data filter, lr 3e-5), as the matrix's GC-RL arm
         rl_args = gcrl.parse_args(["--seed", str(seed), "--device", "cpu", "--mode", "gcrl", "--max_steps",
                                    str(rl_steps), "--eval_steps", "0", "--eval_size", str(args.eval_size),
-                                   "--max_completion_length", str(CRITIQUE_TOKENS), "--cold_start_steps", "0",
+                                   "--self_verify_samples", "0",
+                                   "--max_completion_length", str(CRITIQUE_TOKENS), "--learning_rate", "3e-5",
                                    "--output_dir", os.path.join(out, "gcrl " + name)]
                                   + (["--learning_rate", str(rl_lr)] if rl_lr else []))
         torch.manual_seed(seed)
-        gcrl.train(model, tok, gcrl.load_jsonl(rl_args.dataset), rows, rl_args, log=lambda *x: None)
+        gcrl.train(model, tok, gcrl.load_questions(rl_args.dataset)[0], rows, rl_args, log=lambda *x: None)
         after = measure(model, tok, rows, fmt, args, seed)
         result["critiques_after_rl"] = after.pop("critiques")
         result.update({"rl_steps": rl_steps, "rl_learning_rate": rl_args.learning_rate}
@@ -313,14 +316,15 @@ def main():
     p.add_argument("--tiny_hidden_size", type=int, default=128, help="model width (gcrl's default 128)")
     p.add_argument("--tiny_num_layers", type=int, default=4, help="model depth (gcrl's default 4)")
     p.add_argument("--rl_steps", type=int, default=0, help="then this many GC-RL steps, and measure again")
-    p.add_argument("--rl_learning_rate", type=float, default=None, help="GC-RL's lr (default: gcrl's, 3e-5)")
+    p.add_argument("--rl_learning_rate", type=float, default=None, help="GC-RL's lr (default: 3e-5, as measured)")
     p.add_argument("--reuse_cold_start", action="store_true",
                    help="load '--out/cold start <variant> seed<N>.pt' when an earlier run saved it, not re-train")
     a = p.parse_args()
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
     args = gcrl.parse_args(["--seed", str(a.seed), "--device", "cpu", "--eval_size", str(a.eval_size),
-                            "--tiny_hidden_size", str(a.tiny_hidden_size), "--tiny_num_layers", str(a.tiny_num_layers)])
+                            "--self_verify_samples", "0"])
+    args.tiny_hidden_size, args.tiny_num_layers = a.tiny_hidden_size, a.tiny_num_layers
     t0 = time.time()
     results = []
     for name in a.variants:

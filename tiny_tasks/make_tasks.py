@@ -19,6 +19,7 @@ which gcrl's critique warm-up uses:
   58-78  ->  -(78-58):8-8=0,7-5-0=2,\\boxed{-20}
 """
 import json
+import operator
 import os
 import random
 
@@ -95,6 +96,57 @@ def wrong_solutions(a, op, b, rng, num=3, slips=WRONG_SLIPS, draws=None):
     return list(found.values())
 
 
+# A default data set for real models (gcrl.py --model X without --dataset): multi-step arithmetic
+# that a 0.5B base model does not already solve. Written by the same command, with its own seed.
+MULTISTEP_SPLITS = [("multistep_train.jsonl", 4000), ("multistep_test.jsonl", 500)]
+OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
+
+
+def multistep_question(rng):
+    """3-4 operations on multi-digit operands, with parentheses, and an integer answer:
+    ('Compute (412 - 38) * 7 + 965 / 5.', 2811)-like; division always comes out exact."""
+    while True:
+        value = rng.randint(10, 999)
+        expr = str(value)
+        for _ in range(rng.choice((3, 4))):
+            op = rng.choice("+-*/")
+            if op == "/":
+                divisors = [d for d in range(2, 20) if value % d == 0]
+                if not divisors:
+                    op = "+"
+            y = rng.randint(10, 999) if op in "+-" else rng.randint(2, 19) if op == "*" else rng.choice(divisors)
+            grouped = f"({expr})" if op in "*/-" and any(c in expr for c in "+-") else expr
+            if op in "+*" and rng.random() < 0.5:  # sometimes the new operand comes first
+                expr = f"{y} {op} {grouped if op == '*' else expr}"
+            else:
+                expr = f"{grouped} {op} {y}"
+            value = OPS[op](value, y)
+        if abs(value) <= 99999 and eval_plain(expr) == value:
+            return f"Compute {expr}.", value
+
+
+def eval_plain(expr):
+    """Our own arithmetic on the generated text (no eval): +-*/ with precedence and parentheses."""
+    tokens = expr.replace("(", " ( ").replace(")", " ) ").split()
+
+    def parse(i, level):  # level 0: + -, level 1: * /, level 2: numbers and ( ... )
+        if level == 2:
+            if tokens[i] == "(":
+                v, i = parse(i + 1, 0)
+                return v, i + 1
+            return int(tokens[i]), i + 1
+        v, i = parse(i, level + 1)
+        while i < len(tokens) and tokens[i] in ("+-" if level == 0 else "*/"):
+            op = tokens[i]
+            w, i = parse(i + 1, level + 1)
+            if op == "/" and v % w:
+                return None, len(tokens)  # not exact: reject
+            v = OPS[op](v, w)
+        return v, i
+
+    return parse(0, 0)[0]
+
+
 def all_questions():
     return [(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in "+-"]
 
@@ -119,6 +171,18 @@ def main(seed=1234):
                     row.update(solution=solution, wrong_solution=wrong, wrong_solutions=wrong_solutions(a, op, b, rng3))
                 f.write(json.dumps(row) + "\n")
         start += size
+        print(f"wrote {size:5d} lines to tiny_tasks/{name}")
+    rng = random.Random(seed + 2)
+    seen = set()
+    for name, size in MULTISTEP_SPLITS:
+        with open(os.path.join(HERE, name), "w") as f:
+            written = 0
+            while written < size:
+                question, answer = multistep_question(rng)
+                if question not in seen:  # the splits share no question
+                    seen.add(question)
+                    f.write(json.dumps({"question": question, "answer": str(answer)}) + "\n")
+                    written += 1
         print(f"wrote {size:5d} lines to tiny_tasks/{name}")
 
 

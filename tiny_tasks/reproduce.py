@@ -1,24 +1,21 @@
 """The paper's comparisons in miniature: every arm, several seeds, one command.
 
-    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about 40 min on 2 cores)
-    python tiny_tasks/reproduce.py --quick    # 1 seed, few steps, short cold start: checks that everything runs
+    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about 45 min on 2 cores)
+    python tiny_tasks/reproduce.py --quick    # 1 seed, 4 steps, 40 eval questions: checks that everything runs
+    python tiny_tasks/plot_matrix.py          # the curves of the last run -> tiny_tasks/matrix.png
 
-Arms (paper section 4-5), all from the SAME cold-started model, on the same questions with the
-same step budget; only the method differs:
+Arms (paper sections 4-5), all from the SAME starting model, the demo's cold-started
+tiny_tasks/tiny-model, on the same questions with the same step budget; only the method differs:
   cold start only | G-RL (--mode grpo) | C-RL (--mode critique, static balanced set)
   GC-RL with the data filter | GC-RL with random sampling | random + re-weighted reward (Eq. 3)
   GC-RL with the filter + vote denoising (Eq. 4, one refinement per critique, as the paper)
-The cold start is gcrl's tiny default (3000 SFT steps, about 18 min on 2 cores: the part of the
-run that makes the tiny critic learnable). One cold start (--cold_start_seed, default 0) is shared
-by every seed, so the seeds vary the RL run only (its questions' order, the sampled responses and
-critiques, the eval critique set); --cold_start_seed -1 gives each seed its own cold start, about
-18 min more per seed. Writes one JSONL line per run (final metrics) to --out and prints a markdown table of
-mean +- standard error over seeds: greedy generation accuracy, balanced critique accuracy, the
-critic's rate of "right" verdicts, plus the total wall time. Then the paper's claims as paired
-contrasts: the difference between two arms within each seed (both start from the same
-cold-started model and are scored on the same eval set), mean +- standard error over seeds.
+Every other flag is gcrl's demo default. Seeds vary the RL run (the questions' order, the sampled
+responses and critiques) and the balanced critique eval set, which each seed samples once from the
+starting model and every arm of that seed shares. Writes runs.jsonl (each run's final metrics)
+and curves.jsonl (every evaluation of every run) to --out, prints mean +- standard error over
+seeds, then the paper's claims as paired contrasts: the difference between two arms within each
+seed, mean +- standard error over seeds.
     python tiny_tasks/reproduce.py --from_runs runs/reproduce/runs.jsonl   # tables only, no training
-(the wall time is printed by the run itself; each line of runs.jsonl keeps its own seconds).
 """
 import argparse
 import json
@@ -30,7 +27,6 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gcrl  # noqa: E402
@@ -46,9 +42,12 @@ ARMS = {
 }
 COLUMNS = [("eval/accuracy", "generation acc."), ("eval/critique_accuracy", "critique acc. (balanced)"),
            ("eval/critique_right_rate", '"right" rate')]
-# (arm A, arm B, metric): the paper expects A > B (Table 1, Table 2, section 5.2)
+# (arm A, arm B, metric): the paper expects A > B, or A >= B for generation (Table 1, Table 2, section 5.2)
 CONTRASTS = [("GC-RL (filter)", "G-RL", "eval/accuracy"),
+             ("GC-RL (filter)", "G-RL", "eval/critique_accuracy"),
              ("GC-RL (filter)", "C-RL", "eval/critique_accuracy"),
+             ("GC-RL (filter)", "C-RL", "eval/accuracy"),
+             ("GC-RL (filter)", "GC-RL (random)", "eval/critique_right_rate"),
              ("GC-RL (filter)", "GC-RL (random)", "eval/accuracy"),
              ("GC-RL (filter)", "GC-RL (random)", "eval/critique_accuracy"),
              ("GC-RL (random + re-weight)", "GC-RL (random)", "eval/accuracy"),
@@ -97,28 +96,14 @@ def print_tables(lines):
             print(f"| {a} - {b} | {names[key]} | {mean_se([d for _, d in diffs], '+')} | {per_seed} |")
 
 
-def make_cold_start(seed, steps, out_dir):
-    """gcrl's tiny cold start (as `python gcrl.py --seed SEED` does it), saved to out_dir; returns out_dir."""
-    args = gcrl.parse_args(["--seed", str(seed), "--device", "cpu", "--output_dir", out_dir]
-                           + (["--cold_start_steps", str(steps)] if steps is not None else []))
-    torch.manual_seed(seed)
-    model, tok = gcrl.load_model(args)
-    examples = gcrl.cold_start_examples(args.cold_start, random.Random(seed))
-    gcrl.cold_start(model, tok, examples, args.cold_start_steps, args.cold_start_lr, random.Random(seed))
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=gcrl.DEMO_MODEL, help="the starting model of every arm")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max_steps", type=int, default=40)
-    p.add_argument("--eval_size", type=int, default=200)
-    p.add_argument("--quick", action="store_true", help="1 seed, 6 steps, 50 eval questions, 200 cold-start steps")
-    p.add_argument("--cold_start_seed", type=int, default=0,
-                   help="the seed of the one cold start every seed's arms start from (-1: one per seed)")
-    p.add_argument("--cold_start_steps", type=int, default=None, help="SFT steps of the cold start (default: gcrl's)")
+    p.add_argument("--max_steps", type=int, default=None, help="RL steps of every arm (default: the demo's)")
+    p.add_argument("--eval_steps", type=int, default=20, help="evaluate every this many steps (the curves)")
+    p.add_argument("--eval_size", type=int, default=None, help="eval questions (default: the demo's)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 4 steps, 40 eval questions")
     p.add_argument("--out", default=os.path.join("runs", "reproduce"))
     p.add_argument("--num_threads", type=int, default=2)
     p.add_argument("--from_runs", default=None, help="print the tables of an earlier runs.jsonl, train nothing")
@@ -129,47 +114,38 @@ def main():
         print(f"{len(lines)} runs from {a.from_runs}: seeds {sorted({r['seed'] for r in lines})}\n")
         return print_tables(lines)
     if a.quick:
-        a.seeds, a.max_steps, a.eval_size, a.cold_start_steps = a.seeds[:1], 6, 50, 200
+        a.seeds, a.max_steps, a.eval_size, a.eval_steps = a.seeds[:1], 4, 40, 2
     torch.set_num_threads(a.num_threads)
     os.makedirs(a.out, exist_ok=True)
-    results_path = os.path.join(a.out, "runs.jsonl")
-    open(results_path, "w").close()
+    paths = {name: os.path.join(a.out, name + ".jsonl") for name in ("runs", "curves")}
+    for path in paths.values():
+        open(path, "w").close()
     t0 = time.time()
     lines = []
-    defaults = gcrl.parse_args([])  # gcrl's tiny data sets
-    rows, eval_rows = gcrl.load_jsonl(defaults.dataset), gcrl.load_jsonl(defaults.eval_dataset)[:a.eval_size]
-    cold_dirs = {}  # cold-start seed -> the directory its model is saved in
     for seed in a.seeds:
-        common = ["--seed", str(seed), "--max_steps", str(a.max_steps), "--eval_size", str(a.eval_size),
-                  "--eval_steps", "0", "--device", "cpu"]
-        cold_seed = seed if a.cold_start_seed < 0 else a.cold_start_seed
-        if cold_seed not in cold_dirs:
-            t = time.time()
-            cold_dirs[cold_seed] = make_cold_start(cold_seed, a.cold_start_steps,
-                                                   os.path.join(a.out, f"coldstart-seed{cold_seed}"))
-            print(f"cold start (seed {cold_seed}): {time.time() - t:.0f} s, saved to {cold_dirs[cold_seed]}", flush=True)
-        cold_dir = cold_dirs[cold_seed]
-        tok = AutoTokenizer.from_pretrained(cold_dir)
         for arm, flags in ARMS.items():
             t = time.time()
-            args = gcrl.parse_args(common + (flags or ["--max_steps", "1"]) +
-                                   ["--output_dir", os.path.join(a.out, f"seed{seed}-{arm.replace(' ', '_')}")])
-            args.max_steps = a.max_steps if flags else 0
+            args = gcrl.parse_args(["--seed", str(seed), "--eval_steps", str(a.eval_steps), "--device", "cpu",
+                                    "--self_verify_samples", "0", "--output_dir",
+                                    os.path.join(a.out, f"seed{seed}-{arm.replace(' ', '_')}")]
+                                   + (["--max_steps", str(a.max_steps)] if a.max_steps else [])
+                                   + (["--eval_size", str(a.eval_size)] if a.eval_size else []) + (flags or []))
+            args.max_steps = args.max_steps if flags else 0  # cold start only: the step-0 evaluation is the result
+            rows, _ = gcrl.load_questions(args.dataset)
+            eval_rows = gcrl.load_questions(args.eval_dataset)[0][:args.eval_size]
             torch.manual_seed(seed)
-            policy = AutoModelForCausalLM.from_pretrained(cold_dir)
+            policy, tok = gcrl.load_model(a.model, "cpu")
             history = gcrl.train(policy, tok, rows, eval_rows, args, log=lambda *x: None)
-            final = {k: history[-1][k] for k, _ in COLUMNS if k in history[-1]}
-            if not flags:  # cold start only: the step-0 evaluation is the result
-                final = {k: history[0][k] for k, _ in COLUMNS if k in history[0]}  # no critique set: no critique keys
-            line = {"arm": arm, "seed": seed, "cold_start_seed": cold_seed, "steps": args.max_steps,
-                    "seconds": round(time.time() - t, 1), **final}
+            evals = [{"arm": arm, "seed": seed, "step": m["step"], **{k: m[k] for k, _ in COLUMNS if k in m}}
+                     for m in history if "eval/accuracy" in m]
+            line = {**evals[-1], "steps": args.max_steps, "seconds": round(time.time() - t, 1)}
             lines.append(line)
-            with open(results_path, "a") as f:
-                f.write(json.dumps(line) + "\n")
+            for name, new in (("runs", [line]), ("curves", evals)):
+                with open(paths[name], "a") as f:
+                    f.writelines(json.dumps(x) + "\n" for x in new)
             print(json.dumps(line), flush=True)
-    print(f"\n{len(a.seeds)} seed(s) {a.seeds}, cold start(s) of seed(s) {sorted(cold_dirs)}, {a.max_steps} RL steps, "
-          f"{a.eval_size} eval questions; "
-          f"total wall time {time.time() - t0:.0f} s\n")
+    print(f"\n{len(a.seeds)} seed(s) {a.seeds}, {lines[-1]['steps']} RL steps, {len(eval_rows)} eval questions, "
+          f"from {a.model}; total wall time {time.time() - t0:.0f} s\n")
     print_tables(lines)
 
 
