@@ -1018,31 +1018,41 @@ def build_balanced_pairs(model, tokenizer, rows, num_samples, args, rng):
     return pairs
 
 
+@contextlib.contextmanager
+def eval_seed(seed):
+    """Evaluation samples from a seed of its own: the training run's random stream is left as it was,
+    so how often a run evaluates never changes what it trains on."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def evaluate(model, tokenizer, eval_rows, critique_set, args, log=print):
     """The paper's two metrics (section 4), greedy: generation accuracy on held-out questions, and
     critique accuracy on a 1:1 balanced set of right/wrong responses, with the rate of 'right'
     verdicts (0 = a critic that always says wrong); then, with --self_verify_samples k, majority-vote
     and self-verified accuracy over k sampled answers."""
-    gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
-                   args.max_completion_length, greedy=True, batch_size=args.generation_batch_size, chat=args.chat)
-    metrics = {"eval/accuracy": sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows)) / len(eval_rows),
-               "eval/questions": len(eval_rows)}
-    shown = [f"{r['question']!r} -> {t!r}" for r, t in zip(eval_rows[:2], gen["texts"])]
-    if critique_set:
-        questions = {r["id"]: r for r in eval_rows}
-        prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in critique_set]
-        crit = generate(model, tokenizer, prompts, 1, args.max_completion_length, greedy=True,
-                        batch_size=args.generation_batch_size, chat=args.chat)
-        verdicts = [parse_verdict(t) for t in crit["texts"]]
-        hits = [verdict_is_right(v, ok) for v, (_, _, ok) in zip(verdicts, critique_set)]
-        metrics.update({"eval/critique_accuracy": sum(hits) / len(hits), "eval/critique_pairs": len(hits),
-                        "eval/critique_right_rate": verdicts.count("right") / len(verdicts)})
-        shown += [f"critique of {r!r} -> {t!r}" for (_, r, _), t in zip(critique_set[:2], crit["texts"])]
-    if args.self_verify_samples:
-        metrics.update(self_verification(model, tokenizer, eval_rows, args.self_verify_samples, args))
-    if args.log_completions:
-        log("completions (greedy):\n  " + "\n  ".join(shown))
-    return metrics
+    with eval_seed(args.seed + 2):
+        gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
+                       args.max_completion_length, greedy=True, batch_size=args.generation_batch_size, chat=args.chat)
+        metrics = {"eval/accuracy": sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows)) / len(eval_rows),
+                   "eval/questions": len(eval_rows)}
+        shown = [f"{r['question']!r} -> {t!r}" for r, t in zip(eval_rows[:2], gen["texts"])]
+        if critique_set:
+            questions = {r["id"]: r for r in eval_rows}
+            prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in critique_set]
+            crit = generate(model, tokenizer, prompts, 1, args.max_completion_length, greedy=True,
+                            batch_size=args.generation_batch_size, chat=args.chat)
+            verdicts = [parse_verdict(t) for t in crit["texts"]]
+            hits = [verdict_is_right(v, ok) for v, (_, _, ok) in zip(verdicts, critique_set)]
+            metrics.update({"eval/critique_accuracy": sum(hits) / len(hits), "eval/critique_pairs": len(hits),
+                            "eval/critique_right_rate": verdicts.count("right") / len(verdicts)})
+            shown += [f"critique of {r!r} -> {t!r}" for (_, r, _), t in zip(critique_set[:2], crit["texts"])]
+        if args.self_verify_samples:
+            metrics.update(self_verification(model, tokenizer, eval_rows, args.self_verify_samples, args))
+        if args.log_completions:
+            log("completions (greedy):\n  " + "\n  ".join(shown))
+        return metrics
 
 
 def self_verification(model, tokenizer, eval_rows, k, args):
@@ -1599,7 +1609,8 @@ def start_run(model, tokenizer, train_rows, eval_rows, args, log, resume=None):
         log(f"resumed at step {resume['step']}")
         return run
     # the balanced critique eval set, built once from the starting policy (1 right + 1 wrong per question)
-    run["critique_eval"] = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
+    with eval_seed(args.seed + 1):
+        run["critique_eval"] = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
     static_set = []  # C-RL trains on a static balanced set built up front from the questions it will see
     if args.mode == "critique":
         seen = list({r["id"]: r for batch in schedule for r in batch}.values())

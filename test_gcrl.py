@@ -933,6 +933,17 @@ def test_same_seed_same_metrics(tmp_path, tok, warm_model, easy_rows):
     assert runs[0] == runs[1]
 
 
+def test_how_often_a_run_evaluates_never_changes_what_it_trains_on(tmp_path, tok, warm_model, easy_rows):
+    runs = []
+    for every in ("0", "1"):  # evaluation samples (the self-verification) from its own seed
+        torch.manual_seed(0)
+        args = make_args(tmp_path / every, "--max_steps", "3", "--eval_steps", every, "--self_verify_samples", "2")
+        history = gcrl.train(copy.deepcopy(warm_model), tok, easy_rows, easy_rows, args, log=lambda *a: None)
+        runs.append([{k: v for k, v in m.items() if not k.startswith(("time/", "eval/")) and k != "tokens_per_second"}
+                     for m in history])
+    assert runs[0] == runs[1]
+
+
 # ---------------------------------------------------------------------------- B. checkpoints, resume, interruption
 def _strip_timing(history):
     return [{k: v for k, v in m.items() if not k.startswith("time/") and k != "tokens_per_second"} for m in history]
