@@ -8,25 +8,28 @@ Vanilla GRPO samples n responses per question (first-order rollout) and learns f
 produced (second-order rollout). A critique's reward is free: the verifier already knows whether
 the critiqued response was right. Responses and critiques are trained together in one GRPO update.
 
-    python gcrl.py                          # CPU demo: a shipped tiny cold-started model, ~5 min
+    python gcrl.py                          # CPU demo: the tiny cold-started model in tiny_tasks/, ~4 min
     python gcrl.py --model Qwen2.5-0.5B     # a real model (GPU recommended)
+    torchrun --nproc_per_node 8 gcrl.py --model ... [--fsdp]    # several GPUs (Appendix E)
     python gcrl.py --help                   # every flag
 
-One step, rl_step (section 10), follows the paper's Fig. 2:
-  1. first-order rollout: n responses per question, each scored by the verifier (Eq. 1)   sec. 4
-  2. data filter: one right + one wrong response of each mixed question -> the cache        sec. 5
-  3. second-order rollout: m critiques of each pair drawn from the cache, scored by their
-     verdict (Eq. 2, or Eq. 3 re-weighted; + Eq. 4 vote denoising)                        sec. 6-7
-  4. mixed groups: a question's responses and its pairs' critiques share a GRPO group      sec. 8
-  5. one PPO-clip update on responses and critiques together                                sec. 9
-
-Where the paper is silent this file makes a choice, marked "(choice)" where it is made: a critique
-joins its question's group; no parsable verdict earns 0; p in Eq. 3 is an EMA of the response
-accuracy; the cache drops its oldest pairs when full; refinements (Eq. 4) score critiques and are
-not trained. Simplifications against a production trainer (verl, TRL): rollout with HF generate,
-not vLLM; no sequence packing; one process per GPU without tensor parallelism; the data set fits
-in memory. Sections 0-13 are the method; the appendices are plumbing a reader may skip (verifier
-internals, checkpoints and signals, argument checks, the supervised warm-up, torch.distributed).
+One step, rl_step (§10), is the paper's Fig. 2:
+  1. first-order rollout: n responses per question                                         §4
+  2. each response rewarded by the verifier, R(r) = 1 or 0 (Eq. 1)                          §3, §4
+  3. data filter: of each question with right AND wrong responses, one of each becomes a
+     pair (question, response, label) in the question-response cache                        §5
+  4. second-order rollout: m critiques of each pair drawn from the cache                     §6
+  5. each critique rewarded by its verdict against the label (Eq. 2, or Eq. 3; + Eq. 4)      §7
+  6. responses and critiques in GRPO groups (a critique joins its question's: the mixed
+     group), advantages within each group, then the PPO-clip update on all of them          §8, §9
+(§ = a section of this file; "paper section" = the paper's.) Where the paper is silent this file
+makes a choice, marked "(choice)": a critique joins its question's group; no parsable verdict
+earns 0; p in Eq. 3 is an EMA of the response accuracy; a full cache drops its oldest pairs;
+refinements (Eq. 4) score critiques and are not trained. Simplifications against a production
+trainer (verl, TRL): rollout with HF generate, not vLLM; no sequence packing; no tensor
+parallelism; the data set fits in memory. §0-1 set up, §2-12 are the method, §13 runs it; the
+appendices are plumbing a reader may skip: verifier internals, checkpoints and signals, argument
+checks, the supervised warm-up, several processes.
 """
 import argparse
 import collections
@@ -56,167 +59,132 @@ DEMO_MODEL = os.path.join(TINY, "tiny-model")  # written by tiny_tasks/tiny_mode
 
 
 # ============================================================================ 0. Config
+# `python gcrl.py` with no --model is the demo: the shipped tiny model, and settings chosen for it on
+# tiny_tasks/arith_dev.jsonl (never on the test questions). Every other default is for real models.
+DEMO = dict(model=DEMO_MODEL, dataset=os.path.join(TINY, "arith_train.jsonl"),
+            eval_dataset=os.path.join(TINY, "arith_test.jsonl"), eval_size=300, max_steps=100, learning_rate=3e-5,
+            per_device_train_batch_size=16, max_completion_length=64, eval_steps=0, self_verify_samples=8)
+
+
 def parse_args(argv=None):
     """All flags in one place. Names follow TRL's GRPOConfig where TRL has the flag, with its meaning."""
-    p = argparse.ArgumentParser(description="GC-RL: GRPO with second-order (critique) rollout.",
+    p = argparse.ArgumentParser(description="GC-RL: GRPO with second-order (critique) rollout. Without --model: "
+                                "the demo, with the defaults of gcrl.DEMO.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     # what to train
-    a("--model", default=None, help="HF hub id, shorthand (Qwen2.5-0.5B -> Qwen/Qwen2.5-0.5B) or a local directory. "
-      "Omitted: the demo, tiny_tasks/tiny-model (a 0.6 M-parameter Qwen2, cold-started) on tiny arithmetic")
-    a("--mode", default="gcrl", choices=["grpo", "critique", "gcrl"], help="grpo = G-RL (responses only); "
-      "critique = C-RL (critiques of a static balanced set built up front); gcrl = GC-RL")
-    a("--dataset", default=None, help="training questions: JSONL, GSM8K and MATH as published (load_questions). "
-      "Default: tiny_tasks/arith_train.jsonl (demo), tiny_tasks/multistep_train.jsonl (--model)")
-    a("--eval_dataset", default=None, help="held-out questions (default: arith_test.jsonl, multistep_test.jsonl)")
-    a("--question_field", default=None, help="JSONL field of the question (default: detected, see load_questions)")
-    a("--answer_field", default=None, help="JSONL field of the gold answer (default: detected)")
-    a("--eval_size", type=int, default=None, help="questions used from --eval_dataset, 0 = all (default: 300 demo, 200)")
-    a("--cold_start", default=None, help="supervised warm-up before RL: a JSONL of question/response/critique "
-      "lines (the paper's distilled critiques), or 'self': the model's own critiques that agree with the verifier")
-    a("--cold_start_questions", type=int, default=256, help="--cold_start self: training questions it samples")
-    a("--cold_start_steps", type=int, default=200, help="SFT steps of the warm-up")
-    a("--cold_start_lr", type=float, default=1e-5, help="SFT learning rate of the warm-up")
-    a("--chat_template", default="auto", choices=["auto", "on", "off"], help="wrap prompts in the tokenizer's "
-      "chat template; auto = only when it has one AND the model name says Instruct/Chat")
+    a("--model", default=None, help="HF hub id, Qwen shorthand (Qwen2.5-0.5B) or local directory; none: the demo")
+    a("--mode", default="gcrl", choices=["grpo", "critique", "gcrl"],
+      help="grpo = G-RL (responses only); critique = C-RL (a static balanced set); gcrl = GC-RL")
+    a("--dataset", default=os.path.join(TINY, "multistep_train.jsonl"), help="training questions (load_questions)")
+    a("--eval_dataset", default=os.path.join(TINY, "multistep_test.jsonl"), help="held-out questions")
+    a("--question_field", default=None, help="the question's JSONL field (default: detected)")
+    a("--answer_field", default=None, help="the gold answer's JSONL field (default: detected)")
+    a("--eval_size", type=int, default=200, help="questions used from --eval_dataset (0 = all)")
+    a("--cold_start", default=None, help="SFT before RL: a JSONL of question/response/critique lines, or 'self'")
+    a("--cold_start_questions", type=int, default=256, help="--cold_start self: training questions it answers")
+    a("--cold_start_steps", type=int, default=200, help="SFT steps of the cold start")
+    a("--cold_start_lr", type=float, default=1e-5, help="SFT learning rate of the cold start")
+    a("--chat_template", default="auto", choices=["auto", "on", "off"],
+      help="wrap prompts in the chat template; auto: if the tokenizer has one and the name says Instruct/Chat")
     a("--gradient_checkpointing", action="store_true", help="recompute activations in backward (less memory)")
+    a("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 instead of DDP")
     # first- and second-order rollout
-    a("--max_steps", type=int, default=None, help="RL steps (default: 100 demo, 200)")
+    a("--max_steps", type=int, default=200, help="RL steps")
     a("--train_batch_size", type=int, default=16, help="questions per step (verl's data.train_batch_size)")
-    a("--num_generations", type=int, default=8, help="n: responses per question (first-order rollout)")
-    a("--num_critiques", type=int, default=None, help="m: critiques per cached pair (second-order rollout); "
-      "default: --num_generations")
-    a("--critique_batch_size", type=int, default=None, help="pairs critiqued per step; default: --train_batch_size")
-    a("--max_prompt_length", type=int, default=None, help="longest prompt (tokens) sent to the model, solve, critique "
-      "and refinement prompts alike: a longer one is skipped, never truncated, and counted (prompts/skipped_*); "
-      "default: 512 + 2 x --max_completion_length")
-    a("--max_completion_length", type=int, default=None, help="new tokens per completion (default: 64 demo, 1024)")
+    a("--num_generations", type=int, default=8, help="n: responses per question")
+    a("--num_critiques", type=int, default=None, help="m: critiques per pair (default: --num_generations)")
+    a("--critique_batch_size", type=int, default=None, help="pairs critiqued per step (default: --train_batch_size)")
+    a("--max_prompt_length", type=int, default=None, help="longest prompt of any kind; longer ones are skipped and "
+      "counted, never truncated (default: 512 + 2 x --max_completion_length: a 512-token question, a response "
+      "and a critique, the refinement prompt's parts)")
+    a("--max_completion_length", type=int, default=1024, help="new tokens per completion")
     a("--temperature", type=float, default=1.0, help="sampling temperature (the log-probs use the same)")
-    a("--generation_batch_size", type=int, default=256, help="sequences per generate() call (memory)")
+    a("--generation_chunk_size", type=int, default=256, help="sequences per generate() call (memory)")
+    a("--generation_batch_size", type=int, default=None, help=argparse.SUPPRESS)  # TRL's: refused, with a pointer
     # label balancing and the critique reward (paper sections 3 and 5)
-    a("--label_balance", default="filter", choices=["filter", "random", "reweight"], help="filter = the paper's data "
-      "filter (one right + one wrong response per mixed question); random = two random responses; "
-      "reweight = random + the Eq. 3 reward")
-    a("--cache_size", type=int, default=None, help="most pairs the cache holds, oldest dropped first; "
-      "default: 4 x --critique_batch_size")
+    a("--label_balance", default="filter", choices=["filter", "random", "reweight"],
+      help="filter: one right + one wrong response per question; random: two random ones; reweight: + Eq. 3")
+    a("--cache_size", type=int, default=None, help="most pairs the cache holds (default: 4 x --critique_batch_size)")
     a("--critique_reward_right", type=float, default=0.7, help='Eq. 2: reward for "right" on a correct response '
-      '(Eq. 5/6 steering: 0.6/0.8 stricter critic, 0.8/0.6 more lenient)')
+      '(the paper\'s Eq. 5/6 steering: 0.6/0.8 a stricter critic, 0.8/0.6 a more lenient one)')
     a("--critique_reward_wrong", type=float, default=0.7, help='Eq. 2: reward for "wrong" on a wrong response')
-    a("--num_refinements", type=int, default=0, help="vote denoising (Eq. 4): refinements per critique (0 = off)")
-    a("--denoise_weight_right", type=float, default=0.1, help='Eq. 4 weight when the verdict is "right"')
-    a("--denoise_weight_wrong", type=float, default=0.7, help='Eq. 4 weight when the verdict is "wrong"')
-    a("--static_samples", type=int, default=10, help="C-RL: responses per question that build the static set")
+    a("--num_refinements", type=int, default=0, help="Eq. 4 vote denoising: refinements per critique (0 = off)")
+    a("--denoise_weight_right", type=float, default=0.1, help='Eq. 4 weight of a "right" verdict')
+    a("--denoise_weight_wrong", type=float, default=0.7, help='Eq. 4 weight of a "wrong" verdict')
+    a("--static_samples", type=int, default=10, help="C-RL: responses per question for its static set")
     # advantages and loss
-    a("--group_by", default="question", choices=["question", "prompt"], help="question = one GRPO group per "
-      "question: its responses + the critiques of its pairs (choice); prompt = each prompt its own group")
-    a("--scale_rewards", default="group", choices=["group", "batch", "none"],
-      help="divide advantages by the group's reward std, the batch's, or not at all (Dr. GRPO)")
-    a("--loss_type", default="grpo", choices=["grpo", "dapo", "dr_grpo"],
-      help="grpo = per-sequence token mean; dapo = token mean; dr_grpo = token sum / (N * max_completion_length)")
+    a("--group_by", default="question", choices=["question", "prompt"],
+      help="question: a critique shares its question's group (choice); prompt: each prompt its own group")
+    a("--scale_rewards", default="group", choices=["group", "batch", "none"], help="divide advantages by this std")
+    a("--loss_type", default="grpo", choices=["grpo", "dapo", "dr_grpo"], help="loss normalisation (aggregate_loss)")
     a("--epsilon", type=float, default=0.2, help="PPO clip, lower")
-    a("--epsilon_high", type=float, default=None, help="PPO clip, upper (DAPO clip-higher); default: --epsilon")
-    a("--beta", type=float, default=0.0, help="KL coefficient to a frozen copy of the starting policy (0 = none)")
+    a("--epsilon_high", type=float, default=None, help="PPO clip, upper (default: --epsilon)")
+    a("--beta", type=float, default=0.0, help="KL coefficient to the frozen starting policy (0: no reference model)")
     a("--use_bias_correction_kl", action=argparse.BooleanOptionalAction, default=False,
-      help="multiply the k3 KL by pi/pi_old (TRL's default); off: verl's low_var_kl, as the paper (policy_loss)")
+      help="k3 KL times pi/pi_old, as TRL does by default; gcrl's default (off) is verl's low_var_kl, the paper's")
     a("--num_iterations", type=int, default=1, help="passes over each step's samples (PPO epochs)")
-    a("--num_mini_batches", type=int, default=1, help="optimizer steps per RL step: its samples split into this "
-      "many mini-batches (verl: train_batch_size / ppo_mini_batch_size)")
+    a("--num_mini_batches", type=int, default=1, help="optimizer steps per RL step (verl's mini-batches)")
     a("--steps_per_generation", type=int, default=None, help=argparse.SUPPRESS)  # TRL's: refused, with a pointer
-    a("--per_device_train_batch_size", type=int, default=None, help="sequences per forward/backward (micro-batch; "
-      "default: 16 demo, 8)")
-    a("--learning_rate", type=float, default=None, help="AdamW lr (default: 3e-5 demo, 1e-6 as the paper)")
+    a("--per_device_train_batch_size", type=int, default=8, help="sequences per forward/backward")
+    a("--learning_rate", type=float, default=1e-6, help="AdamW learning rate (the paper's)")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping")
     # evaluation and bookkeeping
-    a("--eval_steps", type=int, default=None, help="evaluate every this many steps, 0 = at start and end only "
-      "(default: 0 demo, 20)")
-    a("--self_verify_samples", type=int, default=None, help="k answers per eval question for majority vote and "
-      "self-verification, 0 = off (default: 8 demo, 0)")
-    a("--log_completions", action="store_true", help="print a few greedy completions at each evaluation")
+    a("--eval_steps", type=int, default=20, help="evaluate every this many steps (0: at start and end only)")
+    a("--self_verify_samples", type=int, default=0, help="k answers per eval question for self-verification (0 = off)")
+    a("--log_completions", action="store_true", help="print a few of the step's sampled completions at each evaluation")
     a("--save_steps", type=int, default=0, help="write output_dir/checkpoint-STEP every this many steps (0 = off)")
-    a("--resume", nargs="?", const="latest", default=None,
-      help="continue from a checkpoint: a checkpoint-STEP path, or alone for the latest in --output_dir")
-    a("--max_nonfinite_steps", type=int, default=3, help="stop (after saving a checkpoint) after this many "
-      "steps in a row with a non-finite loss or gradient")
+    a("--resume", nargs="?", const="latest", default=None, help="a checkpoint-STEP path, or alone: the latest")
+    a("--max_nonfinite_steps", type=int, default=3, help="stop after this many non-finite steps in a row")
     a("--output_dir", default=os.path.join("runs", "gcrl"), help="metrics.jsonl, checkpoints, the final model")
     a("--seed", type=int, default=0, help="seeds python and torch")
     a("--device", default=None, help="default: cuda when available, else cpu")
     a("--num_threads", type=int, default=None, help="torch CPU threads (default: all cores, at most 8)")
     args = p.parse_args(argv)
+    if args.model is None:
+        p.set_defaults(**DEMO)
+        args = p.parse_args(argv)
     check_args(p, args, argv if argv is not None else sys.argv[1:])  # Appendix C
-    return fill_defaults(args)
-
-
-def fill_defaults(args):
-    """Defaults that depend on other flags; the demo (no --model) has its own, chosen on tiny_tasks/arith_dev.jsonl."""
-    demo = args.model is None
-    if demo:
-        args.model = DEMO_MODEL
-    pick = lambda value, demo_value, real_value: value if value is not None else (demo_value if demo else real_value)
-    # real models get multi-step arithmetic a 0.5B base model does not already solve (make_tasks.py)
-    args.dataset = pick(args.dataset, os.path.join(TINY, "arith_train.jsonl"), os.path.join(TINY, "multistep_train.jsonl"))
-    args.eval_dataset = pick(args.eval_dataset, os.path.join(TINY, "arith_test.jsonl"),
-                             os.path.join(TINY, "multistep_test.jsonl"))
-    args.eval_size = pick(args.eval_size, 300, 200)
-    args.max_steps = pick(args.max_steps, 100, 200)
-    args.learning_rate = pick(args.learning_rate, 3e-5, 1e-6)
-    args.per_device_train_batch_size = pick(args.per_device_train_batch_size, 16, 8)
-    args.max_completion_length = pick(args.max_completion_length, 64, 1024)
-    args.eval_steps = pick(args.eval_steps, 0, 20)
-    args.self_verify_samples = pick(args.self_verify_samples, 8, 0)
     args.max_prompt_length = args.max_prompt_length or 512 + 2 * args.max_completion_length
     args.num_critiques = args.num_critiques or args.num_generations
     args.critique_batch_size = args.critique_batch_size or args.train_batch_size
     args.cache_size = args.cache_size or 4 * args.critique_batch_size
     args.epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.demo, args.chat = demo, False  # chat: decided once the tokenizer is loaded (use_chat_template)
+    args.model = resolve_model_name(args.model)  # printed at start-up as resolved
+    args.chat, args.rank, args.world = False, 0, 1  # chat: use_chat_template; rank, world: init_distributed
     return args
 
 
 # ============================================================================ 1. Data and model
 def read_jsonl(path):
-    """JSON objects, one a line; anything wrong is one clear error naming the file and line."""
+    """[(line number, JSON object)]; anything wrong is one clear error naming the file and line."""
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
-    except FileNotFoundError:
-        raise SystemExit(f"error: data set {path!r} does not exist")
-    except IsADirectoryError:
-        raise SystemExit(f"error: data set {path!r} is not a file")
     except OSError as e:
-        raise SystemExit(f"error: cannot read data set {path!r}: {e.strerror}")
+        raise SystemExit(f"error: data set {path!r} " + ("does not exist" if isinstance(e, FileNotFoundError) else
+                         "is not a file" if isinstance(e, IsADirectoryError) else f"cannot be read: {e.strerror}"))
     rows = []
     for lineno, raw in enumerate(lines, 1):
         try:
-            line = raw.decode("utf-8")
+            row = json.loads(raw.decode("utf-8")) if raw.strip() else None
         except UnicodeDecodeError:
             raise SystemExit(f"error: {path}:{lineno}: not UTF-8 text")
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SystemExit(f"error: {path}:{lineno}: not valid JSON ({e.msg})")
-        if not isinstance(row, dict):
+        if row is not None and not isinstance(row, dict):
             raise SystemExit(f"error: {path}:{lineno}: expected a JSON object")
-        rows.append((lineno, row))
+        rows += [(lineno, row)] if row is not None else []
     if not rows:
         raise SystemExit(f"error: data set {path!r} is empty")
     return rows
 
 
-# How each published layout gives its gold answer (detected from the first line, then required of every line).
-DATA_FORMATS = {
-    "gsm8k": ("question", "answer", "the text after '####' in 'answer'"),
-    "math": ("problem", "answer", "'answer'"),
-    "math_solution": ("problem", "solution", "the last \\boxed{} of 'solution'"),
-    "plain": ("question", "answer", "'answer'"),
-}
-
-
 def load_questions(path, question_field=None, answer_field=None):
     """Rows {"question", "answer", "id"} from GSM8K or MATH JSONL as published, or any JSONL with the
-    two fields named. Returns (rows, a line saying what was detected).
+    two fields named. The layout is detected from the first line and required of every line.
+    Returns (rows, a line saying what was detected).
 
     >>> rows, how = load_questions("tiny_tasks/arith_test.jsonl"); rows[0], how
     ({'question': '28+83', 'answer': '111', 'id': 0}, "500 questions: 'question', gold answer from 'answer'")
@@ -224,19 +192,17 @@ def load_questions(path, question_field=None, answer_field=None):
     lines = read_jsonl(path)
     first = lines[0][1]
     if question_field or answer_field:
-        fmt = ("custom", question_field or "question", answer_field or "answer", "")
-    elif isinstance(first.get("answer"), str) and "####" in first["answer"] and "question" in first:
-        fmt = ("gsm8k", *DATA_FORMATS["gsm8k"])
+        name, qkey, akey = "custom", question_field or "question", answer_field or "answer"
+    elif "####" in str(first.get("answer")) and "question" in first:
+        name, qkey, akey = "gsm8k", "question", "answer"  # a worked answer ending in '#### 72'
     elif "problem" in first:
-        fmt = ("math", *DATA_FORMATS["math"]) if "answer" in first else ("math_solution", *DATA_FORMATS["math_solution"])
+        name, qkey, akey = ("math", "problem", "answer") if "answer" in first else ("math_solution", "problem", "solution")
     else:
-        fmt = ("plain", *DATA_FORMATS["plain"])
-    name, qkey, akey, how = fmt
+        name, qkey, akey = "plain", "question", "answer"
     rows = []
     for lineno, row in lines:
         q, a = row.get(qkey), row.get(akey)
-        if isinstance(a, (int, float)) and not isinstance(a, bool):
-            a = str(a)
+        a = str(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a
         if not isinstance(q, str) or not q.strip() or not isinstance(a, str) or not a.strip():
             raise SystemExit(f"error: {path}:{lineno}: needs non-empty string fields {qkey!r} and {akey!r} "
                              f"(the {name} layout, detected from line {lines[0][0]})")
@@ -244,12 +210,11 @@ def load_questions(path, question_field=None, answer_field=None):
             if "####" not in a:
                 raise SystemExit(f"error: {path}:{lineno}: GSM8K answer without '#### <answer>'")
             a = re.sub(r"(?<=\d),(?=\d{3})", "", a.rsplit("####", 1)[1].strip())  # 1,000 -> 1000
-        elif name == "math_solution":
-            a = extract_boxed(a)
-            if not a:
-                raise SystemExit(f"error: {path}:{lineno}: 'solution' has no \\boxed{{}} answer")
+        elif name == "math_solution" and not extract_boxed(a):
+            raise SystemExit(f"error: {path}:{lineno}: 'solution' has no \\boxed{{}} answer")
+        a = extract_boxed(a) if name == "math_solution" else a
         rows.append({"question": q, "answer": a.strip(), "id": len(rows)})
-    how = how or f"'{akey}'"
+    how = {"gsm8k": "the text after '####'", "math_solution": "the last \\boxed{} of 'solution'"}.get(name, repr(akey))
     return rows, f"{len(rows)} questions: '{qkey}', gold answer from {how}"
 
 
@@ -259,33 +224,26 @@ def resolve_model_name(name):
 
 
 def load_model(name, device):
-    """(policy, tokenizer) through AutoModelForCausalLM / AutoTokenizer: the demo model and a real one
-    alike. A hub id is looked up in the local cache first, and downloaded only when the hub answers:
+    """(policy, tokenizer) through AutoModelForCausalLM / AutoTokenizer, the demo model and a real one
+    alike. A hub id comes from the local cache when it is there, else from the hub if the hub answers:
     from_pretrained alone would retry an unreachable hub for about a minute."""
     from huggingface_hub import constants
     from transformers import AutoModelForCausalLM, AutoTokenizer
     local = os.path.isdir(name)
-    tries = [{}] if local else [{"local_files_only": True}] + ([{}] if not constants.HF_HUB_OFFLINE and hub_reachable() else [])
-    for i, kw in enumerate(tries):
+    for i, kw in enumerate([{}] if local else [{"local_files_only": True}, {}]):
+        if i == 1 and (constants.HF_HUB_OFFLINE or not hub_reachable()):
+            reason = f"not in the local cache, and the hub is {'off (HF_HUB_OFFLINE)' if constants.HF_HUB_OFFLINE else 'unreachable'}"
+            break
         try:
             tok = AutoTokenizer.from_pretrained(name, padding_side="left", **kw)
-            # fp32 master weights: in bf16 an update of lr 1e-6 rounds away (8 mantissa bits); CUDA forward
-            # passes run under bf16 autocast instead (autocast, section 4)
+            # fp32 master weights: in bf16 an update of lr 1e-6 rounds away; on CUDA forwards run under bf16 autocast
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).to(device)
-            break
+            tok.pad_token = tok.pad_token or tok.eos_token  # safe: completion masks come from EOS, not from pads
+            return model, tok
         except (OSError, ValueError, KeyError) as e:
-            if i + 1 < len(tries):
-                continue
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if not local and len(tries) == 1:
-                reason = "not in the local cache, and the hub is " + ("off (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE
-                                                                      else "unreachable")
-            raise SystemExit(f"error: could not load --model {name!r} as {'local directory' if local else 'hub id'}: "
-                             f"{reason} -- check the name, or download it where the hub is reachable and pass its "
-                             "local directory")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # safe: completion masks come from EOS positions, not from pads
-    return model, tok
+    raise SystemExit(f"error: could not load --model {name!r} as {'local directory' if local else 'hub id'}: {reason} "
+                     "-- check the name, or download it where the hub is reachable and pass its local directory")
 
 
 def hub_reachable(timeout=3.0):
@@ -443,7 +401,7 @@ def autocast(model):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP reuses the buffers it gathers here for training
 def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
              batch_size=256, chat=False):
     """Sample `num_samples` completions per prompt with HF generate (left-padded prompts).
@@ -467,16 +425,18 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
     expanded = [render_prompt(tokenizer, p, chat) for p in prompts for _ in range(num_samples)]
     out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
     device = next(model.parameters()).device
+    model = getattr(model, "module", model)  # under DDP the model itself generates (Appendix E)
     was_training, own_config = model.training, model.generation_config
     model.eval()
     model.generation_config = GenerationConfig()
     try:
-        for s in range(0, len(expanded), batch_size):
+        for chunk in lockstep(model, [expanded[s:s + batch_size] for s in range(0, len(expanded), batch_size)]):
             # a chat template already holds the special tokens (BOS etc.): add none twice
-            enc = tokenizer(expanded[s:s + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=not chat).to(device)
+            enc = tokenizer(chunk or ["0"], return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
             with autocast(model):
-                seqs = model.generate(**enc, generation_config=config)
+                seqs = model.generate(**enc, generation_config=config, synced_gpus=hasattr(model, "unshard"))
+            if chunk is None:
+                continue  # a pass FSDP needed from this process, with nothing to keep
             completions = seqs[:, enc.input_ids.shape[1]:]
             lengths, truncated = completion_lengths(completions, eos)
             for row, ids, mask, n in zip(completions.tolist(), enc.input_ids.tolist(), enc.attention_mask.tolist(),
@@ -512,7 +472,7 @@ def first_order_rollout(model, tokenizer, batch, args):
     """
     n, t = args.num_generations, time.time()
     gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in batch], n, args.max_completion_length,
-                   args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
+                   args.temperature, batch_size=args.generation_chunk_size, chat=args.chat)
     t_reward = time.time()
     samples = []
     for i, text in enumerate(gen["texts"]):
@@ -529,12 +489,12 @@ def first_order_rollout(model, tokenizer, batch, args):
 
 # ============================================================================ 5. Filter and cache
 def select_pairs(question_id, texts, correct, label_balance, rng, fits=None):
-    """Paper section 3: which of one question's n responses go to the critique cache.
+    """Paper section 3: which of one question's n responses go to the critique cache, each as a
+    pair (question_id, response_text, response_correct): the paper's <q, r>, with its label.
 
     filter  : all right or all wrong -> none; else ONE random right + ONE random wrong (balanced).
     random / reweight: two random responses, whatever their labels (the paper's baselines).
     fits[i] False: response i's critique prompt is too long (prompt_fits), so it is never picked.
-    Returns [(question_id, response_text, response_correct), ...].
 
     >>> select_pairs(7, ["a", "b", "c"], [True, False, False], "filter", random.Random(0))
     [(7, 'a', True), (7, 'c', False)]
@@ -553,7 +513,7 @@ def select_pairs(question_id, texts, correct, label_balance, rng, fits=None):
 
 def cache_new_pairs(cache, responses, questions, tokenizer, args, rng):
     """Fig. 2 step 3: the filter's pairs of this step's questions enter the question-response cache,
-    whose oldest pairs are dropped beyond --cache_size. Returns metrics."""
+    whose oldest pairs are dropped beyond --cache_size (choice). Returns metrics."""
     new, skipped, n = [], 0, args.num_generations
     for start in range(0, len(responses), n):  # one question's n responses at a time
         group = responses[start:start + n]
@@ -582,14 +542,14 @@ def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=Non
     m, t = args.num_critiques, time.time()
     prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in pairs]
     crit = generate(model, tokenizer, prompts, m, args.max_completion_length, args.temperature,
-                    batch_size=args.generation_batch_size, chat=args.chat)
+                    batch_size=args.generation_chunk_size, chat=args.chat)
     metrics = {"time/critique_rollout": time.time() - t, "tokens/critique_rollout": sum(map(len, crit["completion_ids"]))}
     verdicts = [parse_verdict(text) for text in crit["texts"]]
     votes = [None] * len(verdicts)
     if args.num_refinements:
         t = time.time()
         votes, refinements = refinement_votes(model, tokenizer, pairs, questions, crit["texts"], args)
-        metrics.update({"time/refine_rollout": time.time() - t, "critique/refine_accuracy": sum(votes) / len(votes),
+        metrics.update({"time/refine_rollout": time.time() - t, "critique/refine_accuracy": sum(votes) / max(1, len(votes)),
                         "tokens/refine_rollout": sum(map(len, refinements["completion_ids"])),
                         "prompts/skipped_refine": refinements["skipped"]})
     samples = []
@@ -601,6 +561,8 @@ def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=Non
         samples.append({"kind": "critique", "question": q, "group": critique_group(q, j // m, args.group_by),
                         "text": text, "verdict": verdict, "pair": pairs[j // m], "reward": reward,
                         "prompt_ids": crit["prompt_ids"][j], "completion_ids": crit["completion_ids"][j]})
+    if not samples:
+        return samples, metrics
     hits = [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
     metrics.update({"critique/reward": sum(s["reward"] for s in samples) / len(samples),
                     "critique/accuracy": sum(hits) / len(hits),
@@ -619,7 +581,7 @@ def refinement_votes(model, tokenizer, pairs, questions, critiques, args):
     prompts = [refine_prompt(questions[pairs[j // m][0]]["question"], pairs[j // m][1], c) for j, c in enumerate(critiques)]
     kept = [j for j, f in enumerate(prompt_fits(tokenizer, prompts, args.max_prompt_length, args.chat)) if f]
     out = generate(model, tokenizer, [prompts[j] for j in kept], n_ref, args.max_completion_length,
-                   args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
+                   args.temperature, batch_size=args.generation_chunk_size, chat=args.chat)
     votes = [0.0] * len(prompts)
     for k, j in enumerate(kept):
         gold = questions[pairs[j // m][0]]["answer"]
@@ -653,6 +615,8 @@ def denoise_reward(verdict, vote, weight_right=0.1, weight_wrong=0.7):
     """Eq. 4: R_q(c) = 0.1 k/n if Ext(c) = right, 0.7 k/n if Ext(c) = wrong (0 without a verdict).
 
     A 'wrong' verdict that leads to a right corrected solution earns the most: it found a real error.
+    Added to Eq. 2 as the paper writes it, a false 'wrong' on a right response also earns 0.7 k/n
+    when the refinements stay right.
     >>> denoise_reward("wrong", 0.5), denoise_reward("right", 1.0)
     (0.35, 0.1)
     """
@@ -660,7 +624,8 @@ def denoise_reward(verdict, vote, weight_right=0.1, weight_wrong=0.7):
 
 
 def reweight_p(p_correct, label_balance):
-    """p for Eq. 3: the running response accuracy, kept inside [0.05, 0.95] so 1/p stays finite (choice)."""
+    """p for Eq. 3, as the paper defines it: E[R(r)], the running response accuracy (under torchrun,
+    each process's own), kept inside [0.05, 0.95] so 1/p stays finite (choice)."""
     if label_balance != "reweight" or p_correct is None:
         return None
     return min(max(p_correct, 0.05), 0.95)
@@ -668,8 +633,11 @@ def reweight_p(p_correct, label_balance):
 
 # ============================================================================ 8. Advantages
 def critique_group(question_id, pair_index, group_by):
-    """A critique's GRPO group (choice): its question's, shared with that question's responses (the
-    mixed group); or, with --group_by prompt, its own pair's (negative ids, never a question's)."""
+    """A critique's GRPO group (choice): its question's, shared with that question's responses when
+    the pair was cached this step (the mixed group; a pair from an earlier step forms a group of
+    critiques only); or, with --group_by prompt, its own pair's (negative ids, never a question's).
+    In a mixed group a right critique (0.7) sits below right responses (1): when most responses are
+    right, even a right critique gets a negative advantage, only a smaller one than a wrong critique."""
     return question_id if group_by == "question" else -1 - pair_index
 
 
@@ -774,10 +742,10 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, epsilon, epsilon_hig
     """PPO-clip surrogate with optional k3 KL. logp/old_logp/ref_logp/mask: (B, C); advantages: (B,).
 
     l_it = -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta * KL_it,   rho = pi / pi_old
-    KL_it = k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman's estimator of KL(pi || ref), >= 0),
-      clamped at 10: verl's low_var_kl, what the paper trained with (no ratio factor), or
-      times rho with bias_correction_kl: TRL's default, whose gradient is the unbiased reverse-KL
-      gradient (DeepSeek-V3.2). Both have the same value on-policy; their gradients differ.
+    k3 = exp(ref - logp) - (ref - logp) - 1, Schulman's estimator of KL(pi || ref), >= 0;
+    KL_it = min(k3, 10): verl's low_var_kl, what the paper trained with (no ratio factor), or
+    KL_it = k3 * rho with bias_correction_kl (TRL's default): its gradient is the unbiased reverse-KL
+    gradient (DeepSeek-V3.2). The two agree in value on-policy; their gradients differ.
     Positions where mask is 0 never reach the loss or its gradient, whatever they hold (inf, NaN).
     Returns (loss share, stats) where stats holds token sums for logging.
     """
@@ -810,24 +778,20 @@ def frozen_logprobs(model, samples, key, args, pad_id):
     kept on each sample under `key`, one unpadded row each."""
     device = next(model.parameters()).device
     with torch.no_grad():
-        for mb in micro_batches(samples, args.per_device_train_batch_size):
-            lp, cm = batch_logprobs(model, mb, pad_id, device, args.temperature)
-            for s, row, n in zip(mb, lp, cm.sum(1).tolist()):
+        for mb in lockstep(model, micro_batches(samples, args.per_device_train_batch_size)):
+            lp, cm = batch_logprobs(model, mb or samples[:1], pad_id, device, args.temperature)
+            for s, row, n in zip(mb or [], lp, cm.sum(1).tolist()):
                 s[key] = row[:n].cpu()
 
 
 def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
-    """The GRPO update on one step's samples (responses and critiques alike).
-
-    Each sample: {"prompt_ids", "completion_ids", "advantage"}. Splits samples into
-    num_mini_batches mini-batches (one optimizer step each), repeats num_iterations times, and
-    accumulates gradients over micro-batches of per_device_train_batch_size sequences.
-    """
-    device = next(model.parameters()).device
+    """The GRPO update on one step's samples, responses and critiques alike: num_iterations passes,
+    each over num_mini_batches mini-batches, one optimizer step per mini-batch. Reads each sample's
+    "prompt_ids", "completion_ids" and "advantage". Returns TRL-style metrics."""
     stats = collections.Counter(time_logprobs=0.0)
-    if ref_model is None and all(s["advantage"] == 0 for s in samples):
-        # Every group had zero reward variance: the gradient is exactly 0, yet an optimizer step would
-        # still move the weights by Adam's momentum. Skip it (counted in frac_reward_zero_std).
+    if ref_model is None and not all_reduce([any(s["advantage"] != 0 for s in samples)])[0]:
+        # Every group had zero reward variance (frac_reward_zero_std = 1): the gradient is exactly 0,
+        # yet an optimizer step would still move the weights by Adam's momentum. Skip it.
         return policy_update_metrics(stats)
     # pi_old is needed only when the policy moves before a sample is used (off-policy); with one
     # iteration and one mini-batch it equals the current log-probs, detached: no extra pass.
@@ -838,35 +802,46 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
     if ref_model is not None:
         frozen_logprobs(ref_model, samples, "ref_logp", args, pad_id)
     stats["time_logprobs"] = time.time() - t0
-    k = args.num_mini_batches
     for _ in range(args.num_iterations):
         order = samples[:]
         rng.shuffle(order)
-        for mini in [order[i::k] for i in range(k) if order[i::k]]:
-            num_seqs, num_tokens = len(mini), sum(len(s["completion_ids"]) for s in mini)
-            optimizer.zero_grad(set_to_none=True)
-            for mb in micro_batches(mini, args.per_device_train_batch_size):
-                logp, cmask = batch_logprobs(model, mb, pad_id, device, args.temperature)      # (B, C)
-                C = cmask.shape[1]
-                pad = lambda key: torch.stack([F.pad(s[key], (0, C - len(s[key]))) for s in mb]).to(device)
-                old = logp.detach() if on_policy else pad("old_logp")                          # (B, C)
-                ref = pad("ref_logp") if ref_model is not None else None                       # (B, C)
-                adv = torch.tensor([s["advantage"] for s in mb], device=device)                # (B,)
-                loss, st = policy_loss(logp, old, ref, adv, cmask, args.epsilon, args.epsilon_high, args.beta,
-                                       args.loss_type, num_seqs, num_tokens, args.max_completion_length,
-                                       args.use_bias_correction_kl)
-                loss.backward()
-                stats["loss"] += loss.item() / (args.num_iterations * k)
-                stats.update(st)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-                stats["updates"] += 1
-                stats["grad_norm"] += grad_norm.item()
-            else:  # a non-finite gradient would poison the weights and Adam's moments: skip it
-                stats["skipped"] += 1
-            optimizer.zero_grad(set_to_none=True)
+        for mini in [order[i::args.num_mini_batches] for i in range(args.num_mini_batches)]:
+            stats.update(mini_batch_step(model, optimizer, mini, samples[:1], args, pad_id, on_policy))
+    stats["loss"] /= args.num_iterations * args.num_mini_batches
     return policy_update_metrics(stats)
+
+
+def mini_batch_step(model, optimizer, mini, spare, args, pad_id, on_policy):
+    """One optimizer step on a mini-batch, its gradient accumulated over micro-batches. spare: a
+    sample for the dummy passes FSDP needs from a process with fewer micro-batches (Appendix E)."""
+    device, stats = next(model.parameters()).device, collections.Counter()
+    batches = lockstep(model, micro_batches(mini, args.per_device_train_batch_size))
+    if not batches:
+        return stats
+    # every micro-batch (on every process) is normalised by the whole mini-batch's counts, so the shares add up
+    num_seqs, num_tokens = all_reduce([len(mini), sum(len(s["completion_ids"]) for s in mini)])
+    optimizer.zero_grad(set_to_none=True)
+    for mb in batches:
+        weight, mb = (0.0, spare) if mb is None else (1.0, mb)
+        logp, cmask = batch_logprobs(model, mb, pad_id, device, args.temperature)              # (B, C)
+        pad = lambda key: torch.stack([F.pad(s[key], (0, cmask.shape[1] - len(s[key]))) for s in mb]).to(device)
+        old = logp.detach() if on_policy else pad("old_logp")                                  # (B, C)
+        ref = pad("ref_logp") if args.beta > 0 else None                                       # (B, C)
+        adv = torch.tensor([s["advantage"] for s in mb], device=device)                        # (B,)
+        loss, st = policy_loss(logp, old, ref, adv, cmask, args.epsilon, args.epsilon_high, args.beta,
+                               args.loss_type, num_seqs, num_tokens, args.max_completion_length,
+                               args.use_bias_correction_kl)
+        (loss * weight * args.world).backward()  # DDP and FSDP average the processes' gradients: we want the sum
+        stats.update({k: v * weight for k, v in st.items()} | {"loss": loss.item() * weight})
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+        stats.update(updates=1, grad_norm=grad_norm.item())
+    else:  # a non-finite gradient would poison the weights and Adam's moments: skip it
+        stats["skipped"] += 1
+    optimizer.zero_grad(set_to_none=True)
+    return stats
 
 
 def policy_update_metrics(stats):
@@ -882,41 +857,44 @@ def policy_update_metrics(stats):
 # ============================================================================ 10. One RL step
 def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, args):
     """One GC-RL step, Fig. 2: first-order rollout -> filter and cache -> second-order rollout ->
-    mixed-group advantages -> one GRPO update. Returns (samples, metrics).
-
+    mixed-group advantages -> the GRPO update (--num_mini_batches optimizer steps). Returns
+    (samples, metrics). A sample is one completion to train on, a dict:
+      kind "response" | "critique", question (id), group, text, prompt_ids, completion_ids, reward;
+      a critique also: verdict, pair (question_id, response_text, response_correct);
+      advantage, set here; old_logp and ref_logp, set by the update when it needs them.
     state carries over between steps: the question-response cache, C-RL's static set and pool,
     p_correct (the running response accuracy, for Eq. 3) and the rng.
     """
-    samples, m = [], {}
+    samples, metrics = [], {}
     if args.mode in ("grpo", "gcrl"):  # 1-2. n responses per question, rewarded by Eq. 1
-        responses, metrics = first_order_rollout(model, tokenizer, batch, args)
+        responses, rollout = first_order_rollout(model, tokenizer, batch, args)
         samples += responses
-        m.update(metrics)
+        metrics.update(rollout)
         p = state["p_correct"]
-        state["p_correct"] = m["reward"] if p is None else 0.9 * p + 0.1 * m["reward"]  # an EMA (choice)
+        state["p_correct"] = rollout["reward"] if p is None else 0.9 * p + 0.1 * rollout["reward"]  # an EMA (choice)
         if args.mode == "gcrl":  # 3. the data filter feeds the question-response cache
-            m.update(cache_new_pairs(state["cache"], responses, questions, tokenizer, args, state["rng"]))
+            metrics.update(cache_new_pairs(state["cache"], responses, questions, tokenizer, args, state["rng"]))
     if args.mode in ("critique", "gcrl"):  # 4-5. m critiques of each drawn pair, rewarded by Eq. 2-4
         pairs = next_pairs(state, args)
-        m["critique/pairs"] = len(pairs)
+        metrics["critique/pairs"] = len(pairs)
         if args.mode == "gcrl":
-            m["cache/size"] = len(state["cache"])
-        if pairs:
-            critiques, metrics = second_order_rollout(model, tokenizer, pairs, questions, args,
+            metrics["cache/size"] = len(state["cache"])
+        if pairs or distributed():  # every process enters generate(): with FSDP each forward needs all
+            critiques, rollout = second_order_rollout(model, tokenizer, pairs, questions, args,
                                                       reweight_p(state["p_correct"], args.label_balance))
             samples += critiques
-            m.update(metrics)
-    if samples:  # 6. advantages within each (mixed) group, then one update on everything
+            metrics.update(rollout)
+    if samples:  # 6. advantages within each (mixed) group, then the update on everything
         R = torch.tensor([s["reward"] for s in samples])                                # (N,)
         G = torch.tensor([s["group"] for s in samples])                                 # (N,)
         for s, adv in zip(samples, grpo_advantages(R, G, args.scale_rewards).tolist()):
             s["advantage"] = adv
-        m["frac_reward_zero_std"], m["reward_std"] = group_stats(R, G)
-        m["num_samples"] = len(samples)
+        metrics["frac_reward_zero_std"], metrics["reward_std"] = group_stats(R, G)
+        metrics["num_samples"] = len(samples)
         t = time.time()
-        m.update(policy_update(model, ref_model, optimizer, samples, args, tokenizer.pad_token_id, state["rng"]))
-        m["time/update"] = time.time() - t - m["time/logprobs"]
-    return samples, m
+        metrics.update(policy_update(model, ref_model, optimizer, samples, args, tokenizer.pad_token_id, state["rng"]))
+        metrics["time/update"] = time.time() - t - metrics["time/logprobs"]
+    return samples, metrics
 
 
 def next_pairs(state, args):
@@ -970,34 +948,40 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None,
     stop = stop if stop is not None else {"signal": None}
     questions = {r["id"]: r for r in train_rows}
     run = start_run(model, tokenizer, train_rows, eval_rows, args, log, resume)  # Appendix B
+    model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is off
     bar = tqdm(range(run["start"], args.max_steps + 1), desc=args.mode, dynamic_ncols=True,
-               initial=run["start"] - 1, total=args.max_steps)
+               initial=run["start"] - 1, total=args.max_steps, disable=args.rank > 0)
     for step in bar:
         t = time.time()
-        samples, m = rl_step(model, run["ref_model"], run["optimizer"], tokenizer, run["schedule"][step - 1],
-                             run["state"], questions, args)
-        rollout_time = sum(v for k, v in m.items() if k.startswith("time/") and k.endswith("rollout"))
-        tokens = sum(v for k, v in m.items() if k.startswith("tokens/"))
-        m = {"step": step, **m, "learning_rate": args.learning_rate, "time/step": time.time() - t,
+        batch = run["schedule"][step - 1][args.rank::args.world]  # this process's share (Appendix E)
+        samples, metrics = rl_step(model, run["ref_model"], run["optimizer"], tokenizer, batch, run["state"], questions, args)
+        metrics = merge_metrics(metrics)
+        rollout_time = sum(v for k, v in metrics.items() if k.startswith("time/") and k.endswith("rollout"))
+        tokens = sum(v for k, v in metrics.items() if k.startswith("tokens/"))
+        metrics = {"step": step, **metrics, "learning_rate": args.learning_rate, "time/step": time.time() - t,
              "tokens_per_second": tokens / rollout_time if rollout_time > 0 else 0.0}
         if step == 1:
             log(describe_step(samples, questions, args))
-        run["state"]["nonfinite"] = run["state"]["nonfinite"] + 1 if m.get("skipped_updates") else 0
+        run["state"]["nonfinite"] = run["state"]["nonfinite"] + 1 if metrics.get("skipped_updates") else 0
         if (args.eval_steps and step % args.eval_steps == 0) or step == args.max_steps:
-            m.update(evaluate(model, tokenizer, eval_rows, run["critique_eval"], args, log))
+            metrics.update(evaluate(model, tokenizer, eval_rows, run["critique_eval"], args))
+            if args.log_completions:  # TRL's flag: a few of this step's sampled completions
+                log("\n".join(f"  {s['kind']} of {questions[s['question']]['question']!r}, reward {s['reward']:.2f}: "
+                               f"{s['text']!r}" for s in samples[:2] + [s for s in samples if s["kind"] == "critique"][:2]))
+        signum = int(all_reduce([stop["signal"] or 0], "max")[0])  # every process stops at the same step
         if run["state"]["nonfinite"] >= args.max_nonfinite_steps:
-            m["stopped"] = "nonfinite"
-        elif stop["signal"] is not None:
-            m["stopped"] = signal.Signals(stop["signal"]).name
-        run["record"](m)
-        shown = {k.split("/")[-1]: f"{m[k]:.2f}" for k in ("reward", "critique/accuracy", "eval/accuracy",
-                                                            "eval/critique_accuracy") if k in m}
-        bar.set_postfix({**shown, "t_step": f"{m['time/step']:.2f}s"})
-        if "stopped" in m or (args.save_steps and step % args.save_steps == 0):
+            metrics["stopped"] = "nonfinite"
+        elif signum:
+            metrics["stopped"] = signal.Signals(signum).name
+        run["record"](metrics)
+        shown = {k.split("/")[-1]: f"{metrics[k]:.2f}" for k in ("reward", "critique/accuracy", "eval/accuracy",
+                                                                  "eval/critique_accuracy") if k in metrics}
+        bar.set_postfix({**shown, "t_step": f"{metrics['time/step']:.2f}s"})
+        if "stopped" in metrics or (args.save_steps and step % args.save_steps == 0):
             path = save_run(run, model, tokenizer, step, args)
-            if "stopped" in m:
+            if "stopped" in metrics:
                 bar.close()
-                log(f"stopped at step {step} ({m['stopped']}); checkpoint: {path}\n"
+                log(f"stopped at step {step} ({metrics['stopped']}); checkpoint: {path}\n"
                     f"resume with the same command plus: --resume {path}")
                 break
     return run["history"]
@@ -1008,7 +992,7 @@ def build_balanced_pairs(model, tokenizer, rows, num_samples, args, rng):
     """Sample responses to each question and keep one right + one wrong where both exist: the 1:1
     balanced critique evaluation set, and C-RL's static set (paper: 10 responses per question)."""
     gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in rows], num_samples,
-                   args.max_completion_length, args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
+                   args.max_completion_length, args.temperature, batch_size=args.generation_chunk_size, chat=args.chat)
     pairs = []
     for qi, row in enumerate(rows):
         texts = gen["texts"][qi * num_samples:(qi + 1) * num_samples]
@@ -1027,31 +1011,27 @@ def eval_seed(seed):
         yield
 
 
-def evaluate(model, tokenizer, eval_rows, critique_set, args, log=print):
-    """The paper's two metrics (section 4), greedy: generation accuracy on held-out questions, and
+def evaluate(model, tokenizer, eval_rows, critique_set, args):
+    """The paper's two metrics (paper section 4), greedy: generation accuracy on held-out questions, and
     critique accuracy on a 1:1 balanced set of right/wrong responses, with the rate of 'right'
     verdicts (0 = a critic that always says wrong); then, with --self_verify_samples k, majority-vote
     and self-verified accuracy over k sampled answers."""
     with eval_seed(args.seed + 2):
         gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
-                       args.max_completion_length, greedy=True, batch_size=args.generation_batch_size, chat=args.chat)
+                       args.max_completion_length, greedy=True, batch_size=args.generation_chunk_size, chat=args.chat)
         metrics = {"eval/accuracy": sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows)) / len(eval_rows),
                    "eval/questions": len(eval_rows)}
-        shown = [f"{r['question']!r} -> {t!r}" for r, t in zip(eval_rows[:2], gen["texts"])]
         if critique_set:
             questions = {r["id"]: r for r in eval_rows}
             prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in critique_set]
             crit = generate(model, tokenizer, prompts, 1, args.max_completion_length, greedy=True,
-                            batch_size=args.generation_batch_size, chat=args.chat)
+                            batch_size=args.generation_chunk_size, chat=args.chat)
             verdicts = [parse_verdict(t) for t in crit["texts"]]
             hits = [verdict_is_right(v, ok) for v, (_, _, ok) in zip(verdicts, critique_set)]
             metrics.update({"eval/critique_accuracy": sum(hits) / len(hits), "eval/critique_pairs": len(hits),
                             "eval/critique_right_rate": verdicts.count("right") / len(verdicts)})
-            shown += [f"critique of {r!r} -> {t!r}" for (_, r, _), t in zip(critique_set[:2], crit["texts"])]
         if args.self_verify_samples:
             metrics.update(self_verification(model, tokenizer, eval_rows, args.self_verify_samples, args))
-        if args.log_completions:
-            log("completions (greedy):\n  " + "\n  ".join(shown))
         return metrics
 
 
@@ -1060,11 +1040,11 @@ def self_verification(model, tokenizer, eval_rows, k, args):
     and answer with the most common answer among those it judged right, or the plain majority
     when it judged none right. Returns majority-vote and self-verified accuracy."""
     gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], k, args.max_completion_length,
-                   args.temperature, batch_size=args.generation_batch_size, chat=args.chat)
+                   args.temperature, batch_size=args.generation_chunk_size, chat=args.chat)
     prompts = [critique_prompt(eval_rows[i // k]["question"], t) for i, t in enumerate(gen["texts"])]
     fits = prompt_fits(tokenizer, prompts, args.max_prompt_length, args.chat)
     crit = generate(model, tokenizer, [p for p, f in zip(prompts, fits) if f], 1, args.max_completion_length,
-                    greedy=True, batch_size=args.generation_batch_size, chat=args.chat)
+                    greedy=True, batch_size=args.generation_chunk_size, chat=args.chat)
     verdicts = iter(parse_verdict(t) for t in crit["texts"])
     judged_right = [f and next(verdicts) == "right" for f in fits]  # a prompt too long is not judged
     majority = verified = 0
@@ -1105,9 +1085,11 @@ def describe_step(samples, questions, args, width=90):
 # ============================================================================ 13. Main
 def main(argv=None):
     args = parse_args(argv)
+    init_distributed(args)  # torchrun: one process per GPU (Appendix E); plain python: nothing
+    say = print if args.rank == 0 else (lambda *a, **k: None)
     torch.set_num_threads(args.num_threads or min(8, os.cpu_count() or 1))
     random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed + args.rank)
     t_start = time.time()
     fields = (args.question_field, args.answer_field)
     train_rows, train_how = load_questions(args.dataset, *fields)  # data errors surface before any model loads
@@ -1119,43 +1101,44 @@ def main(argv=None):
         args.cold_start = None  # weights and tokenizer come from the checkpoint
     model, tokenizer = load_model(resume["path"] if resume else args.model, args.device)
     args.chat = use_chat_template(tokenizer, model_name, args.chat_template)
-    print(f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
-          f"{args.device} | mode {args.mode}\ntrain: {args.dataset}: {train_how}\neval:  {args.eval_dataset}: "
-          f"{eval_how}, {len(eval_rows)} used\nprompts: {'chat template' if args.chat else 'plain text'} "
-          f"(--chat_template {args.chat_template}); the first question renders as:\n"
-          + render_prompt(tokenizer, solve_prompt(train_rows[0]["question"]), args.chat))
-    for name, rows in (("train", train_rows), ("eval", eval_rows)):
-        kept = [r for r, f in zip(rows, prompt_fits(tokenizer, [solve_prompt(r["question"]) for r in rows],
-                                                    args.max_prompt_length, args.chat)) if f]
-        if not kept:
+    say(f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {args.device}"
+        f"{f' x {args.world} processes' if args.world > 1 else ''} | mode {args.mode}\ntrain: {args.dataset}: "
+        f"{train_how}\neval:  {args.eval_dataset}: {eval_how}, {len(eval_rows)} used\nprompts: "
+        f"{'chat template' if args.chat else 'plain text'} (--chat_template {args.chat_template}); the first "
+        "question renders as:\n" + render_prompt(tokenizer, solve_prompt(train_rows[0]["question"]), args.chat))
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):  # too long: skipped and counted, never truncated
+        fits = prompt_fits(tokenizer, [solve_prompt(r["question"]) for r in rows], args.max_prompt_length, args.chat)
+        rows[:] = [r for r, f in zip(rows, fits) if f]
+        if not rows:
             raise SystemExit(f"error: every {name} question is longer than --max_prompt_length {args.max_prompt_length}")
-        if len(kept) < len(rows):  # skipped, never silently truncated
-            print(f"skipped {len(rows) - len(kept)} {name} questions longer than --max_prompt_length")
-        rows[:] = kept
+        if fits.count(False):
+            say(f"skipped {fits.count(False)} {name} questions longer than --max_prompt_length {args.max_prompt_length}")
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    model = wrap_model(model, args)
     if args.cold_start == "self":  # Appendix D
-        self_cold_start(model, tokenizer, train_rows, args)
+        self_cold_start(model, tokenizer, train_rows, args, log=say)
     elif args.cold_start:
         examples = cold_start_examples(args.cold_start)
         loss = sft(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, random.Random(args.seed),
-                   chat=args.chat)
-        print(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, final loss {loss:.3f}")
+                   chat=args.chat, log=say)
+        say(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, final loss {loss:.3f}")
     stop = {"signal": None}
     handlers = install_stop_handlers(stop)
     try:
-        history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write, resume=resume, stop=stop)
+        history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write if args.rank == 0 else say,
+                        resume=resume, stop=stop)
     finally:
         restore_stop_handlers(handlers)
     end = history[-1]
     if end.get("stopped") == "nonfinite":
-        raise SystemExit(f"error: {args.max_nonfinite_steps} steps in a row had a non-finite loss or gradient; "
+        raise SystemExit(f"error: {args.max_nonfinite_steps} steps in a row had a non-finite gradient; "
                          f"stopped at step {end['step']} (checkpoint saved). Try a lower --learning_rate.")
-    if end.get("stopped") and end["step"] < args.max_steps:
-        return history  # interrupted: the checkpoint and how to resume were printed; exit 0
-    model.save_pretrained(args.output_dir)  # beside metrics.jsonl; from_pretrained(output_dir) loads it
-    tokenizer.save_pretrained(args.output_dir)
-    print(summary(history, args, time.time() - t_start))
+    if not end.get("stopped") or end["step"] == args.max_steps:  # else: interrupted, and how to resume was printed
+        save_model(model, tokenizer, args.output_dir)  # beside metrics.jsonl; from_pretrained(output_dir) loads it
+        say(summary(history, args, time.time() - t_start))
+    if distributed():
+        torch.distributed.destroy_process_group()
     return history
 
 
@@ -1579,22 +1562,25 @@ def start_run(model, tokenizer, train_rows, eval_rows, args, log, resume=None):
     ref_model = None
     if args.beta > 0:  # the KL anchor is the starting policy, which a checkpoint carries (the policy has moved)
         from transformers import AutoModelForCausalLM
-        ref_model = (AutoModelForCausalLM.from_pretrained(os.path.join(resume["path"], "reference")).to(args.device)
-                     if resume else copy.deepcopy(model))
-        ref_model.eval().requires_grad_(False)
+        ref_model = (wrap_model(AutoModelForCausalLM.from_pretrained(os.path.join(resume["path"], "reference"))
+                                .to(args.device).eval().requires_grad_(False), args) if resume
+                     else frozen_copy(model, args))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
-    # the schedule is a function of the seed alone, so a resumed run sees the same questions
+    # the schedule is a function of the seed alone, so a resumed run (and every process) sees the same questions
     schedule = question_batches(train_rows, args.train_batch_size, args.max_steps, rng)
+    rng.seed(args.seed + 1000 * args.rank) if args.world > 1 else None  # each process its own draws
     os.makedirs(args.output_dir, exist_ok=True)
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     history = [m for m in read_metrics(metrics_path) if m["step"] <= resume["step"]] if resume else []
-    with open(metrics_path, "w") as f:  # a resumed run keeps the lines up to its checkpoint, redoes the rest
-        f.writelines(json.dumps(m) + "\n" for m in history)
+    if args.rank == 0:  # a resumed run keeps the lines up to its checkpoint, redoes the rest
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in history)
 
     def record(m):
         history.append(m)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(m) + "\n")
+        if args.rank == 0:  # one metrics file, however many processes
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(m) + "\n")
 
     run = {"ref_model": ref_model, "optimizer": optimizer, "schedule": schedule, "history": history, "record": record}
     if resume is not None:
@@ -1613,13 +1599,13 @@ def start_run(model, tokenizer, train_rows, eval_rows, args, log, resume=None):
         run["critique_eval"] = build_balanced_pairs(model, tokenizer, eval_rows, 8, args, random.Random(args.seed + 1))
     static_set = []  # C-RL trains on a static balanced set built up front from the questions it will see
     if args.mode == "critique":
-        seen = list({r["id"]: r for batch in schedule for r in batch}.values())
+        seen = list({r["id"]: r for batch in schedule for r in batch[args.rank::args.world]}.values())
         static_set = build_balanced_pairs(model, tokenizer, seen, args.static_samples, args, rng)
         log(f"C-RL static set: {len(static_set)} balanced pairs from {len(seen)} questions")
     run["state"] = {"cache": [], "static_set": static_set, "static_pool": [], "p_correct": None, "nonfinite": 0,
                     "rng": rng}
     run["start"] = 1
-    first = {"step": 0, **evaluate(model, tokenizer, eval_rows, run["critique_eval"], args, log)}
+    first = {"step": 0, **evaluate(model, tokenizer, eval_rows, run["critique_eval"], args)}
     record(first)
     log("step 0 | " + " | ".join(f"{k} {v:.3f}" for k, v in first.items() if k != "step"))
     return run
@@ -1636,20 +1622,28 @@ def save_run(run, model, tokenizer, step, args):
 
 def save_checkpoint(path, model, tokenizer, optimizer, state, ref_model=None):
     """output_dir/checkpoint-STEP: model + tokenizer (from_pretrained loads them), trainer_state.pt
-    (optimizer, RNG states, question-response cache, step) and, when beta > 0, reference/ (the KL
-    anchor). Written to path.tmp, then renamed, so a kill at any moment leaves every earlier
-    checkpoint whole and never a half-written one."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    (optimizer, RNG states, question-response cache, step; one file per process under torchrun) and,
+    when beta > 0, reference/ (the KL anchor). Written to path.tmp, then renamed, so a kill at any
+    moment leaves every earlier checkpoint whole and never a half-written one."""
+    tmp, rank = path + ".tmp", process_rank()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp)
     if ref_model is not None:
-        ref_model.save_pretrained(os.path.join(tmp, "reference"))
+        save_model(ref_model, None, os.path.join(tmp, "reference"))
+    barrier()
     state = {**state, "optimizer": optimizer.state_dict() if optimizer else None, "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save(state, os.path.join(tmp, "trainer_state.pt"))
-    shutil.rmtree(path, ignore_errors=True)  # only when this very step was saved before
-    os.replace(tmp, path)
+    torch.save(state, os.path.join(tmp, trainer_state_file(rank)))
+    barrier()
+    if rank == 0:
+        shutil.rmtree(path, ignore_errors=True)  # only when this very step was saved before
+        os.replace(tmp, path)
+    barrier()
+
+
+def trainer_state_file(rank):
+    return "trainer_state.pt" if rank == 0 else f"trainer_state_rank{rank}.pt"
 
 
 def latest_checkpoint(output_dir):
@@ -1662,9 +1656,10 @@ def latest_checkpoint(output_dir):
 
 def load_checkpoint(path):
     """The trainer state saved by save_checkpoint (the model is loaded with from_pretrained)."""
-    state_file = os.path.join(path, "trainer_state.pt")
+    state_file = os.path.join(path, trainer_state_file(process_rank()))
     if not os.path.isfile(state_file):
-        raise SystemExit(f"error: --resume: {path!r} has no trainer_state.pt (not a gcrl checkpoint)")
+        raise SystemExit(f"error: --resume: {path!r} has no {os.path.basename(state_file)} (not a gcrl checkpoint of "
+                         "this many processes)")
     return {**torch.load(state_file, map_location="cpu", weights_only=False), "path": path}
 
 
@@ -1699,11 +1694,13 @@ def restore_stop_handlers(handlers):
 # PLUMBING: impossible settings fail at start-up, one line each (argparse prints 'error: ...', exits 2).
 def check_args(parser, args, argv):
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    if args.steps_per_generation is not None:
-        parser.error("--steps_per_generation is TRL's micro-batches per generation, which gcrl does not have; "
-                     "optimizer steps per rollout are --num_mini_batches")
+    for flag, ours in (("steps_per_generation", "optimizer steps per step are --num_mini_batches"),
+                       ("generation_batch_size", "a step generates all its completions; --generation_chunk_size "
+                                                 "sequences per generate() call")):
+        if getattr(args, flag) is not None:  # TRL's flags for what gcrl does differently: one line, a pointer
+            parser.error(f"--{flag} is TRL's, and gcrl has no such setting: {ours}")
     for name in ("max_steps", "train_batch_size", "num_generations", "num_iterations", "num_mini_batches",
-                 "per_device_train_batch_size", "generation_batch_size", "static_samples", "max_nonfinite_steps",
+                 "per_device_train_batch_size", "generation_chunk_size", "static_samples", "max_nonfinite_steps",
                  "cold_start_questions",
                  "num_critiques", "critique_batch_size", "cache_size", "max_completion_length", "max_prompt_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:  # None: a default filled in later
@@ -1757,7 +1754,7 @@ def self_cold_start(model, tokenizer, rows, args, log=print):
 
     def sample():  # (critique texts, verdicts, agrees with the verifier), pair-major
         texts = generate(model, tokenizer, prompts, m, args.max_completion_length, args.temperature,
-                         batch_size=args.generation_batch_size, chat=args.chat)["texts"]
+                         batch_size=args.generation_chunk_size, chat=args.chat)["texts"]
         verdicts = [parse_verdict(t) for t in texts]
         return texts, verdicts, [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
 
@@ -1828,7 +1825,8 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
     handlers = install_stop_handlers(stop) if checkpoint_dir else None
     model.train()
     try:
-        bar = tqdm(range(start, steps), desc="cold start", leave=False, dynamic_ncols=True, initial=start, total=steps)
+        bar = tqdm(range(start, steps), desc="cold start", leave=False, dynamic_ncols=True, initial=start, total=steps,
+                   disable=process_rank() > 0)
         for step in bar:
             pool = first if step < first_steps and first else data
             optimizer.zero_grad(set_to_none=True)
@@ -1848,6 +1846,119 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
     finally:
         restore_stop_handlers(handlers)
     return loss
+
+
+# ============================================================================ Appendix E. Several processes (torchrun)
+# PLUMBING: `torchrun --nproc_per_node N gcrl.py ...` runs N processes, one per GPU (gloo on CPU). Each
+# takes its share of a step's questions with its own cache, so a question's mixed group stays on one
+# process and advantages need no communication. Loss shares use global counts, so the gradient is the
+# whole batch's; DDP, or FSDP2 with --fsdp, sums the processes' gradients. With FSDP every forward pass
+# needs every process, so generate() and the update pad their calls to the same count (lockstep).
+def init_distributed(args):
+    """Join the process group torchrun describes in the environment; a plain `python gcrl.py` has none."""
+    args.rank, args.world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return
+    import torch.distributed as dist
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(args.device)
+    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    args.rank, args.world = dist.get_rank(), dist.get_world_size()
+    if args.train_batch_size % args.world:
+        raise SystemExit(f"error: --train_batch_size {args.train_batch_size} is not a multiple of {args.world} processes")
+    args.critique_batch_size = max(1, args.critique_batch_size // args.world)  # per process, as its cache
+    args.cache_size = max(1, args.cache_size // args.world)
+
+
+def distributed():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def wrap_model(model, args):
+    """DDP, or with --fsdp FSDP2: each decoder layer, then the whole model, sharded (fully_shard)."""
+    if not distributed():
+        return model
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for module in model.modules():
+            if type(module).__name__ in (getattr(model, "_no_split_modules", None) or []):
+                fully_shard(module)
+        return fully_shard(model)
+    if not any(p.requires_grad for p in model.parameters()):
+        return model  # a frozen reference needs no gradient synchronisation
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if args.device.startswith("cuda")
+                                   else None)
+
+
+def frozen_copy(model, args):
+    """The KL anchor: a frozen copy of the policy, sharded like it. An FSDP2 module cannot be
+    deep-copied, so under --fsdp the copy is rebuilt from the gathered full weights."""
+    if not (distributed() and hasattr(model, "unshard")):
+        return wrap_model(copy.deepcopy(getattr(model, "module", model)).eval().requires_grad_(False), args)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    ref = AutoModelForCausalLM.from_config(model.config).to(args.device)
+    ref.load_state_dict(full)
+    return wrap_model(ref.eval().requires_grad_(False), args)
+
+
+def all_reduce(values, op="sum"):
+    """Each value summed (or maxed) over all processes; as they are in one process."""
+    if not distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM if op == "sum" else torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+def lockstep(model, chunks):
+    """With FSDP every process must run every forward pass: pad the list of chunks with None to the
+    longest list of any process (for a None the caller runs a dummy pass and discards it)."""
+    if not distributed() or not hasattr(model, "unshard"):
+        return chunks
+    return chunks + [None] * (int(all_reduce([len(chunks)], "max")[0]) - len(chunks))
+
+
+SUMMED_METRICS = ("loss", "num_samples", "skipped_updates", "critique/pairs", "cache/", "tokens/", "prompts/")
+
+
+def merge_metrics(m):
+    """The step as rank 0 records it: counts summed over processes, every other metric averaged."""
+    if not distributed():
+        return m
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, m)
+    out = {}
+    for k in dict.fromkeys(k for d in every for k in d):
+        vals = [d[k] for d in every if k in d]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        out[k] = vals[0] if not numbers else sum(vals) if k.startswith(SUMMED_METRICS) else sum(vals) / len(vals)
+    return out
+
+
+def process_rank():
+    return torch.distributed.get_rank() if distributed() else 0
+
+
+def barrier():
+    if distributed():
+        torch.distributed.barrier()
+
+
+def save_model(model, tokenizer, path):
+    """A normal HF checkpoint (save_pretrained) from any number of processes: FSDP gathers the full
+    weights first (every process takes part), rank 0 writes."""
+    state = None
+    if distributed() and hasattr(model, "unshard"):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if process_rank() == 0:
+        getattr(model, "module", model).save_pretrained(path, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
 
 
 if __name__ == "__main__":

@@ -84,11 +84,11 @@ def test_defaults_follow_trl_names_and_fill_in():
     assert args.mode == "gcrl" and args.num_critiques == args.num_generations
     assert args.epsilon_high == args.epsilon == 0.2
     assert args.critique_batch_size == args.train_batch_size and args.cache_size == 4 * args.train_batch_size
-    assert args.demo and args.model == gcrl.DEMO_MODEL and args.cold_start is None  # the shipped model
+    assert args.model == gcrl.DEMO_MODEL and args.cold_start is None and args.learning_rate == 3e-5  # the demo
     assert args.max_completion_length == 64 and args.max_prompt_length == 512 + 2 * 64
     assert args.dataset.endswith("arith_train.jsonl") and args.eval_dataset.endswith("arith_test.jsonl")
     real = gcrl.parse_args(["--model", "Qwen2.5-0.5B"])
-    assert not real.demo and real.learning_rate == 1e-6 and real.max_completion_length == 1024
+    assert real.learning_rate == 1e-6 and real.max_completion_length == 1024 and real.eval_size == 200
     assert real.self_verify_samples == 0 and real.max_prompt_length == 512 + 2 * 1024
 
 
@@ -101,7 +101,8 @@ def test_defaults_follow_trl_names_and_fill_in():
     (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--num_mini_batches", "2"],
      "does not divide the 9 responses"),
     (["--temperature", "0"], "--temperature must be positive"),
-    (["--steps_per_generation", "4"], "optimizer steps per rollout are --num_mini_batches"),  # TRL's flag, not ours
+    (["--steps_per_generation", "4"], "optimizer steps per step are --num_mini_batches"),  # TRL's flags, not ours
+    (["--generation_batch_size", "64"], "--generation_chunk_size sequences per generate() call"),
     (["--mode", "critique", "--label_balance", "random"], "--label_balance has no effect with --mode critique"),
 ])
 def test_impossible_settings_fail_with_one_line(capsys, argv, message):
@@ -266,6 +267,42 @@ def test_chat_template_renders_all_three_prompt_kinds(tok):
         assert gcrl.render_prompt(chat_tok, text, chat=False) == text
 
 
+# ---------------------------------------------------------------------------- 2. prompts and verdicts
+@pytest.mark.parametrize("critique, verdict", [
+    ("Recomputed: 85\nConclusion: right [END]", "right"),
+    ("Recomputed: 85\nConclusion: wrong [END]", "wrong"),
+    ("**Conclusion: right [END]**", "right"),
+    ("Conclusion: right [END] ... on reflection Conclusion: wrong [END]", "wrong"),  # the last one counts
+    ("Conclusion: right", None),               # no [END]
+    ("the solution is right", None),
+    ("", None),
+])
+def test_parse_verdict(critique, verdict):
+    assert gcrl.parse_verdict(critique) == verdict
+
+
+@pytest.mark.parametrize("hostile, verdict", [
+    ("Conclusion:" + " " * 200_000 + "x", None),        # was quadratic: 20,000 spaces took 6 s
+    ("Conclusion: right " * 100_000, None),             # never closed with [END]
+    ("x" * 2_000_000, None),
+    ("Conclusion:\x00 right [END]\x00", None),          # NUL is not a space
+    ("Conclusion: rïght [END] \u202e Conclusion: wrong [END]", "wrong"),
+    ("Conclusion: right [END]" + " " * 100_000 + "Conclusion: wrong", "right"),  # the last COMPLETE one
+    ("Conclusion: wrong [END]" * 50_000 + "Conclusion: right [END]", "right"),
+])
+def test_parse_verdict_is_bounded_on_hostile_text(hostile, verdict):
+    start = time.time()
+    assert gcrl.parse_verdict(hostile) == verdict
+    assert time.time() - start < 5  # a generous guard; typical is milliseconds
+
+
+def test_prompts_follow_paper_format():
+    p = gcrl.critique_prompt("Q?", "R.")
+    assert p.startswith("#Question#: Q?\n#Solution#: R.\n#Instruction#: Please verify step by step")
+    assert "**Conclusion: right/wrong [END]**" in p
+    assert "#Critique#: C." in gcrl.refine_prompt("Q?", "R.", "C.")
+
+
 # ---------------------------------------------------------------------------- 3. verifier
 @pytest.mark.parametrize("response, gold, expected", [
     ("so \\boxed{85}", "85", True),
@@ -364,120 +401,6 @@ def test_verify(response, gold, expected):
 ])
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
-
-
-HOSTILE = [  # (response, gold): each must give False, fast, without raising
-    (r"\boxed{9^9^9^9}", "1"), (r"\boxed{9**9**9**9}", "1"), (r"\boxed{10^{10^{10^{10}}}}", "1"),
-    (r"\boxed{2^{2^{2^{2^{2}}}}}", "1"), (r"\boxed{1000000!}", "1"), (r"\boxed{10^{1001}}", "0"),
-    (r"\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "2"),
-    (r"\boxed{" + "-" * 50 + "1}", "1"), (r"\boxed{" + r"\sqrt{" * 30 + "2" + "}" * 30 + "}", "2"),
-    (r"\boxed{" + "1+" * 1_000_000 + "1}", "1000001"),  # a 2 MB response
-    (r"\boxed{" + "{" * 1_000_000 + "}" * 1_000_000 + "}", "1"),
-    ("x" * 2_000_000 + r"\boxed{2}", "1"),
-    (r"\boxed{" * 200_000, "1"),  # unterminated, repeated
-    ("\\boxed{\x00\x01\x02\x7f}", "1"), ("\x00" * 1000, "1"),
-    (r"\boxed{1/0}", "1/0"), (r"\boxed{0/0}", "0/0"), (r"\boxed{\frac{1}{0}}", r"\infty"),
-    (r"\boxed{\frac{1}{x-x}}", "1"),
-    (r"\boxed{\sqrt{10^{999}+1}\sqrt{10^{999}+3}}", "1"),  # sympy would factor 2000-digit numbers
-    (r"\boxed{\sqrt[97]{10^{50}+1}}", "1"),
-    (r"\boxed{\sqrt[5]{12}\sqrt[7]{12}\sqrt[8]{12}\sqrt[9]{12}\sqrt[11]{12}}", "1"),
-    (r"\boxed{(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}}", "(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}+1"),
-    (r"\boxed{(z+\sqrt{\pi+7})^{50}}", "(z+\\sqrt{\\pi+7})^{49}"),
-    (r"\boxed{\sqrt[3]{\frac{12345678901234567}{12-\pi^{3}-999z b^{50}}}}", "10"),
-    (r"\boxed{" + ",".join(["(a+b+c+d+e)^{10}"] * 20) + "}", ",".join(["(a+b+c+d+e)^{10}+1"] * 20)),  # 400 pairings
-    (r"\boxed{" + "1," * 4000 + "1}", "1"), (r"\boxed{" + r"\cup" * 300 + "}", "1"), (r"\boxed{" + "(" * 400 + ")" * 400 + "}", "1"),
-    (r"\boxed{0." + r"\overline{9}" * 100 + "}", "1"), (r"\boxed{\begin{pmatrix}" + "1&" * 300 + r"1\end{pmatrix}}", "1"),
-]
-
-
-def _run_hostile(response, gold):
-    t = time.perf_counter()
-    result = verify(response, gold)
-    return result, time.perf_counter() - t
-
-
-@pytest.mark.parametrize("response,gold", HOSTILE, ids=range(len(HOSTILE)))
-def test_hostile(response, gold):
-    result, elapsed = _run_hostile(response, gold)
-    assert isinstance(result, bool) and result is False
-    assert elapsed < 5.0
-
-
-def test_hostile_off_main_thread():  # signal.alarm is unavailable here: the guards must suffice
-    picks = [HOSTILE[i] for i in (0, 1, 2, 4, 6, 19, 20, 21, 24)]
-    out = []
-    worker = threading.Thread(target=lambda: out.extend(_run_hostile(r, g) for r, g in picks))
-    worker.start()
-    worker.join(timeout=20)
-    assert not worker.is_alive() and len(out) == len(picks)
-    assert all(result is False and elapsed < 5.0 for result, elapsed in out)
-    done = []
-    worker = threading.Thread(target=lambda: done.append(verify(r"\boxed{\frac{6}{8}}", "0.75")))
-    worker.start()
-    worker.join(timeout=20)
-    assert done == [True]
-
-
-def test_model_text_is_never_executed(tmp_path, monkeypatch):
-    pwned = tmp_path / "pwned"
-    attacks = [
-        rf"\boxed{{__import__('os').system('touch {pwned}')}}",
-        rf"\boxed{{open('{pwned}', 'w').write('x')}}",
-        r"\boxed{().__class__.__bases__[0].__subclasses__()}",
-        r"\boxed{eval('1+1')}", r"\boxed{exec('x=1')}", r"\boxed{lambda: 0}",
-        r"\boxed{x.__class__}",
-    ]
-    good = [(r"\boxed{\frac{3}{4}}", "0.75", True), (r"\boxed{(x-1)(x+1)}", "x^2-1", True),
-            (r"\boxed{\sqrt{8}}", r"2\sqrt2", True), (r"\boxed{\sqrt{x}}", r"\sqrt{x}+1", False),
-            (r"\boxed{\frac{1}{\sqrt3-1}}", r"\frac{\sqrt3+1}{2}", True)]
-    cases = [(a, "2", False) for a in attacks] + good + [(r, g, False) for r, g in HOSTILE[:6]]
-    for r, g, want in cases:  # warm-up: sympy imports some modules lazily (import uses exec)
-        assert verify(r, g) is want
-
-    def _forbidden(*args, **kwargs):
-        raise AssertionError("eval/exec reached")
-
-    monkeypatch.setattr(builtins, "eval", _forbidden)
-    monkeypatch.setattr(builtins, "exec", _forbidden)
-    for r, g, want in cases + [(r"\boxed{\sqrt[3]{16}}", r"2\sqrt[3]{2}", True)]:
-        assert verify(r, g) is want
-    assert not pwned.exists()
-
-
-# ---------------------------------------------------------------------------- 2. prompts and verdicts
-@pytest.mark.parametrize("critique, verdict", [
-    ("Recomputed: 85\nConclusion: right [END]", "right"),
-    ("Recomputed: 85\nConclusion: wrong [END]", "wrong"),
-    ("**Conclusion: right [END]**", "right"),
-    ("Conclusion: right [END] ... on reflection Conclusion: wrong [END]", "wrong"),  # the last one counts
-    ("Conclusion: right", None),               # no [END]
-    ("the solution is right", None),
-    ("", None),
-])
-def test_parse_verdict(critique, verdict):
-    assert gcrl.parse_verdict(critique) == verdict
-
-
-@pytest.mark.parametrize("hostile, verdict", [
-    ("Conclusion:" + " " * 200_000 + "x", None),        # was quadratic: 20,000 spaces took 6 s
-    ("Conclusion: right " * 100_000, None),             # never closed with [END]
-    ("x" * 2_000_000, None),
-    ("Conclusion:\x00 right [END]\x00", None),          # NUL is not a space
-    ("Conclusion: rïght [END] \u202e Conclusion: wrong [END]", "wrong"),
-    ("Conclusion: right [END]" + " " * 100_000 + "Conclusion: wrong", "right"),  # the last COMPLETE one
-    ("Conclusion: wrong [END]" * 50_000 + "Conclusion: right [END]", "right"),
-])
-def test_parse_verdict_is_bounded_on_hostile_text(hostile, verdict):
-    start = time.time()
-    assert gcrl.parse_verdict(hostile) == verdict
-    assert time.time() - start < 5  # a generous guard; typical is milliseconds
-
-
-def test_prompts_follow_paper_format():
-    p = gcrl.critique_prompt("Q?", "R.")
-    assert p.startswith("#Question#: Q?\n#Solution#: R.\n#Instruction#: Please verify step by step")
-    assert "**Conclusion: right/wrong [END]**" in p
-    assert "#Critique#: C." in gcrl.refine_prompt("Q?", "R.", "C.")
 
 
 # ---------------------------------------------------------------------------- 4. first-order rollout
@@ -812,34 +735,6 @@ def test_one_gc_rl_step_from_the_shipped_model_mixes_groups_caches_pairs_and_par
     assert m["skipped_updates"] == 0 and m["grad_norm"] > 0
 
 
-# ---------------------------------------------------------------------------- 12. evaluation
-def test_self_verification_answers_with_what_the_critic_judged_right(tok, monkeypatch):
-    rows = [{"question": "1+1", "answer": "2", "id": 0}, {"question": "2+2", "answer": "4", "id": 1}]
-    answers = {"1+1": ["3", "3", "2", "2", "3"], "2+2": ["5", "5", "4", "5", "4"]}  # the majority is wrong twice
-    approve = {"1+1": {"2"}, "2+2": set()}  # judged right: '2'; nothing for 2+2 -> the plain majority
-
-    def fake_generate(model, tokenizer, prompts, num_samples, *a, **k):
-        if prompts[0].endswith(gcrl.SOLVE_INSTRUCTION):
-            texts = [f"\\boxed{{{x}}}" for p in prompts for x in answers[p.split("\n")[0]]]
-        else:
-            texts = []
-            for p in prompts:
-                q, given = p.split("#Question#: ")[1].split("\n")[0], p.split("boxed{")[1].split("}")[0]
-                texts.append("Conclusion: " + ("right" if given in approve[q] else "wrong") + " [END]")
-        return {"texts": texts}
-
-    monkeypatch.setattr(gcrl, "generate", fake_generate)
-    m = gcrl.self_verification(None, tok, rows, 5, gcrl.parse_args([]))
-    assert m == {"eval/majority_accuracy": 0.0, "eval/self_verify_accuracy": 0.5}
-
-
-def test_summary_gives_each_metric_with_its_standard_error():
-    history = [{"step": 0, "eval/accuracy": 0.5, "eval/questions": 100},
-               {"step": 5, "eval/accuracy": 0.9, "eval/questions": 100}]
-    text = gcrl.summary(history, gcrl.parse_args(["--max_steps", "5"]), 12.0)
-    assert "0.500 ± 0.050 -> 0.900 ± 0.030   (100 questions)" in text and "critique" not in text
-
-
 # ---------------------------------------------------------------------------- 11. training loop (end to end)
 def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
@@ -871,6 +766,15 @@ def test_training_steps_change_parameters_and_write_metrics(tmp_path, tok, warm_
         assert any("critique/accuracy" in l for l in lines)
     if "--num_refinements" in extra:
         assert any("critique/refine_accuracy" in l for l in lines)
+
+
+def test_log_completions_prints_sampled_completions_at_each_evaluation(tmp_path, tok, warm_model, easy_rows):
+    lines = []
+    args = make_args(tmp_path, "--eval_steps", "1", "--log_completions")
+    gcrl.train(copy.deepcopy(warm_model), tok, easy_rows, easy_rows, args, log=lines.append)
+    shown = [line for line in lines if "reward" in line and " of '" in line]
+    assert len(shown) == 2  # steps 1 and 2
+    assert all("response of" in line and "critique of" in line for line in shown)
 
 
 def test_a_step_never_holds_a_question_twice_and_no_question_is_lost():
@@ -942,6 +846,113 @@ def test_how_often_a_run_evaluates_never_changes_what_it_trains_on(tmp_path, tok
         runs.append([{k: v for k, v in m.items() if not k.startswith(("time/", "eval/")) and k != "tokens_per_second"}
                      for m in history])
     assert runs[0] == runs[1]
+
+
+# ---------------------------------------------------------------------------- 12. evaluation
+def test_self_verification_answers_with_what_the_critic_judged_right(tok, monkeypatch):
+    rows = [{"question": "1+1", "answer": "2", "id": 0}, {"question": "2+2", "answer": "4", "id": 1}]
+    answers = {"1+1": ["3", "3", "2", "2", "3"], "2+2": ["5", "5", "4", "5", "4"]}  # the majority is wrong twice
+    approve = {"1+1": {"2"}, "2+2": set()}  # judged right: '2'; nothing for 2+2 -> the plain majority
+
+    def fake_generate(model, tokenizer, prompts, num_samples, *a, **k):
+        if prompts[0].endswith(gcrl.SOLVE_INSTRUCTION):
+            texts = [f"\\boxed{{{x}}}" for p in prompts for x in answers[p.split("\n")[0]]]
+        else:
+            texts = []
+            for p in prompts:
+                q, given = p.split("#Question#: ")[1].split("\n")[0], p.split("boxed{")[1].split("}")[0]
+                texts.append("Conclusion: " + ("right" if given in approve[q] else "wrong") + " [END]")
+        return {"texts": texts}
+
+    monkeypatch.setattr(gcrl, "generate", fake_generate)
+    m = gcrl.self_verification(None, tok, rows, 5, gcrl.parse_args([]))
+    assert m == {"eval/majority_accuracy": 0.0, "eval/self_verify_accuracy": 0.5}
+
+
+def test_summary_gives_each_metric_with_its_standard_error():
+    history = [{"step": 0, "eval/accuracy": 0.5, "eval/questions": 100},
+               {"step": 5, "eval/accuracy": 0.9, "eval/questions": 100}]
+    text = gcrl.summary(history, gcrl.parse_args(["--max_steps", "5"]), 12.0)
+    assert "0.500 ± 0.050 -> 0.900 ± 0.030   (100 questions)" in text and "critique" not in text
+
+
+# ---------------------------------------------------------------------------- A. verifier internals: hostile answers
+HOSTILE = [  # (response, gold): each must give False, fast, without raising
+    (r"\boxed{9^9^9^9}", "1"), (r"\boxed{9**9**9**9}", "1"), (r"\boxed{10^{10^{10^{10}}}}", "1"),
+    (r"\boxed{2^{2^{2^{2^{2}}}}}", "1"), (r"\boxed{1000000!}", "1"), (r"\boxed{10^{1001}}", "0"),
+    (r"\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "2"),
+    (r"\boxed{" + "-" * 50 + "1}", "1"), (r"\boxed{" + r"\sqrt{" * 30 + "2" + "}" * 30 + "}", "2"),
+    (r"\boxed{" + "1+" * 1_000_000 + "1}", "1000001"),  # a 2 MB response
+    (r"\boxed{" + "{" * 1_000_000 + "}" * 1_000_000 + "}", "1"),
+    ("x" * 2_000_000 + r"\boxed{2}", "1"),
+    (r"\boxed{" * 200_000, "1"),  # unterminated, repeated
+    ("\\boxed{\x00\x01\x02\x7f}", "1"), ("\x00" * 1000, "1"),
+    (r"\boxed{1/0}", "1/0"), (r"\boxed{0/0}", "0/0"), (r"\boxed{\frac{1}{0}}", r"\infty"),
+    (r"\boxed{\frac{1}{x-x}}", "1"),
+    (r"\boxed{\sqrt{10^{999}+1}\sqrt{10^{999}+3}}", "1"),  # sympy would factor 2000-digit numbers
+    (r"\boxed{\sqrt[97]{10^{50}+1}}", "1"),
+    (r"\boxed{\sqrt[5]{12}\sqrt[7]{12}\sqrt[8]{12}\sqrt[9]{12}\sqrt[11]{12}}", "1"),
+    (r"\boxed{(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}}", "(a+b+c+d+e)^{10}(f+g+h+i+j)^{10}+1"),
+    (r"\boxed{(z+\sqrt{\pi+7})^{50}}", "(z+\\sqrt{\\pi+7})^{49}"),
+    (r"\boxed{\sqrt[3]{\frac{12345678901234567}{12-\pi^{3}-999z b^{50}}}}", "10"),
+    (r"\boxed{" + ",".join(["(a+b+c+d+e)^{10}"] * 20) + "}", ",".join(["(a+b+c+d+e)^{10}+1"] * 20)),  # 400 pairings
+    (r"\boxed{" + "1," * 4000 + "1}", "1"), (r"\boxed{" + r"\cup" * 300 + "}", "1"), (r"\boxed{" + "(" * 400 + ")" * 400 + "}", "1"),
+    (r"\boxed{0." + r"\overline{9}" * 100 + "}", "1"), (r"\boxed{\begin{pmatrix}" + "1&" * 300 + r"1\end{pmatrix}}", "1"),
+]
+
+
+def _run_hostile(response, gold):
+    t = time.perf_counter()
+    result = verify(response, gold)
+    return result, time.perf_counter() - t
+
+
+@pytest.mark.parametrize("response,gold", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile(response, gold):
+    result, elapsed = _run_hostile(response, gold)
+    assert isinstance(result, bool) and result is False
+    assert elapsed < 5.0
+
+
+def test_hostile_off_main_thread():  # signal.alarm is unavailable here: the guards must suffice
+    picks = [HOSTILE[i] for i in (0, 1, 2, 4, 6, 19, 20, 21, 24)]
+    out = []
+    worker = threading.Thread(target=lambda: out.extend(_run_hostile(r, g) for r, g in picks))
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and len(out) == len(picks)
+    assert all(result is False and elapsed < 5.0 for result, elapsed in out)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(verify(r"\boxed{\frac{6}{8}}", "0.75")))
+    worker.start()
+    worker.join(timeout=20)
+    assert done == [True]
+
+
+def test_model_text_is_never_executed(tmp_path, monkeypatch):
+    pwned = tmp_path / "pwned"
+    attacks = [
+        rf"\boxed{{__import__('os').system('touch {pwned}')}}",
+        rf"\boxed{{open('{pwned}', 'w').write('x')}}",
+        r"\boxed{().__class__.__bases__[0].__subclasses__()}",
+        r"\boxed{eval('1+1')}", r"\boxed{exec('x=1')}", r"\boxed{lambda: 0}",
+        r"\boxed{x.__class__}",
+    ]
+    good = [(r"\boxed{\frac{3}{4}}", "0.75", True), (r"\boxed{(x-1)(x+1)}", "x^2-1", True),
+            (r"\boxed{\sqrt{8}}", r"2\sqrt2", True), (r"\boxed{\sqrt{x}}", r"\sqrt{x}+1", False),
+            (r"\boxed{\frac{1}{\sqrt3-1}}", r"\frac{\sqrt3+1}{2}", True)]
+    cases = [(a, "2", False) for a in attacks] + good + [(r, g, False) for r, g in HOSTILE[:6]]
+    for r, g, want in cases:  # warm-up: sympy imports some modules lazily (import uses exec)
+        assert verify(r, g) is want
+
+    def _forbidden(*args, **kwargs):
+        raise AssertionError("eval/exec reached")
+
+    monkeypatch.setattr(builtins, "eval", _forbidden)
+    monkeypatch.setattr(builtins, "exec", _forbidden)
+    for r, g, want in cases + [(r"\boxed{\sqrt[3]{16}}", r"2\sqrt[3]{2}", True)]:
+        assert verify(r, g) is want
+    assert not pwned.exists()
 
 
 # ---------------------------------------------------------------------------- B. checkpoints, resume, interruption
@@ -1121,10 +1132,23 @@ def test_self_cold_start_keeps_only_agreeing_well_formed_balanced_critiques(tmp_
 
 def test_self_cold_start_end_to_end_on_the_tiny_model(tmp_path, tok, warm_model, easy_rows):
     model = copy.deepcopy(warm_model)
+    before = [p.detach().clone() for p in model.parameters()]
     args = make_args(tmp_path, "--cold_start", "self", "--cold_start_steps", "3", "--num_critiques", "2")
     lines = []
-    gcrl.self_cold_start(model, tok, easy_rows, args, log=lines.append)
-    assert "balanced critique accuracy" in lines[-1]
+    examples = gcrl.self_cold_start(model, tok, easy_rows, args, log=lines.append)
+    assert examples and "before: no verdict" in lines[-1] and "after: no verdict" in lines[-1]
+    assert any(not torch.equal(p, q) for p, q in zip(before, model.parameters()))  # it trained
+
+
+def test_self_cold_start_on_a_saved_qwen2_model_with_nothing_to_learn(tmp_path, tok, easy_rows):
+    tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=5).save_pretrained(tmp_path / "qwen2")
+    tok.save_pretrained(tmp_path / "qwen2")
+    model, tok2 = gcrl.load_model(str(tmp_path / "qwen2"), "cpu")  # random weights: no verdict to keep
+    args = gcrl.parse_args(["--model", str(tmp_path / "qwen2"), "--cold_start", "self", "--max_completion_length", "16",
+                            "--num_generations", "2", "--num_critiques", "2"])
+    lines = []
+    assert gcrl.self_cold_start(model, tok2, easy_rows, args, log=lines.append) == []
+    assert lines[-1].startswith("self cold start: skipped, nothing to learn from")
 
 
 def test_cold_start_file_with_critiques(tmp_path):
@@ -1135,6 +1159,83 @@ def test_cold_start_file_with_critiques(tmp_path):
         gcrl.cold_start_examples(str(path))
     path.write_text(path.read_text().splitlines()[0] + "\n")
     assert gcrl.cold_start_examples(str(path)) == [(gcrl.critique_prompt("Q", "R \\boxed{1}"), "Conclusion: wrong [END]")]
+
+
+# ---------------------------------------------------------------------------- E. several processes
+def _fixed_samples(tok):
+    texts = ["1+2=3,1+1+0=2,\\boxed{23}", "\\boxed{7}", "2+4=6,3+1+0=4,\\boxed{46}", "x", "Recomputed: +023 vs +023",
+             "9+9=18,1+1+1=3,\\boxed{318}", "\\boxed{12}", "5-3=2,\\boxed{2}"]
+    return [{"prompt_ids": tok(gcrl.solve_prompt(f"{i}+{i}")).input_ids,
+             "completion_ids": tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id],
+             "advantage": [1.0, -0.5, 0.7, -1.2, 0.3, 2.0, -0.8, -0.4][i]} for i, t in enumerate(texts)]
+
+
+def _updates_in_process(rank, world, rdzv, weights, out):
+    """One process of a gloo group: for each loss type under DDP and under FSDP2, its share of the fixed
+    samples and one update from the same weights, saved; then generate() with uneven work under FSDP."""
+    import torch.distributed as dist
+    from transformers import GenerationConfig
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
+    tok = tiny_model.build_tokenizer()
+    for loss_type in ("grpo", "dapo"):
+        for fsdp in (False, True):
+            model = tiny_model.build_model(tok, hidden_size=32, num_layers=2)
+            model.load_state_dict(torch.load(weights))
+            args = gcrl.parse_args(["--loss_type", loss_type, "--per_device_train_batch_size", "3"]
+                                   + (["--fsdp"] if fsdp else []))
+            args.rank, args.world = rank, world
+            model = gcrl.wrap_model(model, args)
+            gcrl.policy_update(model, None, torch.optim.SGD(model.parameters(), lr=0.5),
+                               _fixed_samples(tok)[rank::world], args, tok.pad_token_id, random.Random(0))
+            gcrl.save_model(model, None, f"{out}/{loss_type}-{fsdp}")
+    model.generation_config = GenerationConfig()  # FSDP: 3 prompts here, 1 there, one a call: no deadlock
+    texts = gcrl.generate(model, tok, ["1+1", "2+2", "3+3"][:3 - 2 * rank], 1, 6, batch_size=1)["texts"]
+    torch.save(len(texts), f"{out}/generated-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_update_exactly_like_one_on_the_global_batch(tmp_path, tok):
+    """Each process has half the samples (uneven micro-batches); grpo and dapo, DDP and FSDP2: the
+    weights after one update equal the single-process update on all the samples, to 1e-6."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+    start = tiny_model.build_model(tok, hidden_size=32, num_layers=2, seed=3)
+    torch.save(start.state_dict(), tmp_path / "w.pt")
+    mp.spawn(_updates_in_process, args=(2, str(tmp_path / "rdzv"), str(tmp_path / "w.pt"), str(tmp_path)), nprocs=2)
+    for loss_type in ("grpo", "dapo"):
+        one = copy.deepcopy(start)  # one process, every sample
+        gcrl.policy_update(one, None, torch.optim.SGD(one.parameters(), lr=0.5), _fixed_samples(tok),
+                           gcrl.parse_args(["--loss_type", loss_type, "--per_device_train_batch_size", "3"]),
+                           tok.pad_token_id, random.Random(0))
+        moved = max((p - q).abs().max().item() for p, q in zip(one.parameters(), start.parameters()))
+        for fsdp in (False, True):
+            two = AutoModelForCausalLM.from_pretrained(tmp_path / f"{loss_type}-{fsdp}")
+            diff = max((p - q).abs().max().item() for p, q in zip(one.parameters(), two.parameters()))
+            assert moved > 1e-3 and diff < 1e-6, (loss_type, fsdp, moved, diff)
+    assert [torch.load(tmp_path / f"generated-{r}.pt") for r in (0, 1)] == [3, 1]
+
+
+def test_torchrun_two_processes_write_one_metrics_file_and_a_normal_checkpoint(tmp_path):
+    import socket
+    import subprocess
+    with socket.socket() as s:  # a free port on loopback only
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "gcrl.py", "--output_dir", str(out), "--max_steps", "2", "--train_batch_size",
+           "4", "--num_generations", "2", "--eval_size", "4", "--self_verify_samples", "0", "--num_threads", "1",
+           "--max_completion_length", "40", "--save_steps", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("summary (gcrl") == 1  # only rank 0 prints
+    lines = gcrl.read_metrics(str(out / "metrics.jsonl"))
+    assert [m["step"] for m in lines] == [0, 1, 2] and lines[1]["num_samples"] > 8  # both processes' samples
+    assert {"model.safetensors", "config.json", "trainer_state.pt", "trainer_state_rank1.pt"} <= set(
+        os.listdir(out / "checkpoint-2"))  # the model once, each process's trainer state
+    from transformers import AutoModelForCausalLM
+    assert type(AutoModelForCausalLM.from_pretrained(out)).__name__ == "Qwen2ForCausalLM"
 
 
 # ---------------------------------------------------------------------------- tiny_tasks: the demo model and the scripts

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
 import sys
 import time
@@ -101,7 +100,7 @@ def main():
     p.add_argument("--model", default=gcrl.DEMO_MODEL, help="the starting model of every arm")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max_steps", type=int, default=None, help="RL steps of every arm (default: the demo's)")
-    p.add_argument("--eval_steps", type=int, default=20, help="evaluate every this many steps (the curves)")
+    p.add_argument("--eval_steps", type=int, default=25, help="evaluate every this many steps (the curves)")
     p.add_argument("--eval_size", type=int, default=None, help="eval questions (default: the demo's)")
     p.add_argument("--quick", action="store_true", help="1 seed, 4 steps, 40 eval questions")
     p.add_argument("--out", default=os.path.join("runs", "reproduce"))
