@@ -8,20 +8,21 @@ Vanilla GRPO samples n responses per question (first-order rollout) and learns f
 produced (second-order rollout). A critique's reward is free: the verifier already knows whether
 the critiqued response was right. Responses and critiques are trained together in one GRPO update.
 
-    python gcrl.py                          # CPU demo: the tiny cold-started model in tiny_tasks/, ~4 min
+    python gcrl.py                          # CPU demo: the tiny cold-started model in tiny_tasks/
     python gcrl.py --model Qwen2.5-0.5B     # a real model (GPU recommended)
     torchrun --nproc_per_node 8 gcrl.py --model ... [--fsdp]    # several GPUs (Appendix E)
     python gcrl.py --help                   # every flag
 
 One step, rl_step (§10), is the paper's Fig. 2:
   1. first-order rollout: n responses per question                                         §4
-  2. each response rewarded by the verifier, R(r) = 1 or 0 (Eq. 1)                          §3, §4
+  2. each response rewarded by the verifier, R(r) = 1 or 0 (Eq. 1)                         §3, §4
   3. data filter: of each question with right AND wrong responses, one of each becomes a
-     pair (question, response, label) in the question-response cache                        §5
-  4. second-order rollout: m critiques of each pair drawn from the cache                     §6
-  5. each critique rewarded by its verdict against the label (Eq. 2, or Eq. 3; + Eq. 4)      §7
-  6. responses and critiques in GRPO groups (a critique joins its question's: the mixed
-     group), advantages within each group, then the PPO-clip update on all of them          §8, §9
+     pair (question, response, label) in the question-response cache                       §5
+  4. second-order rollout: m critiques of each pair drawn from the cache                   §6
+  5. each critique rewarded by its verdict against the label (Eq. 2, or Eq. 3; + Eq. 4)    §7
+  6. responses and critiques in GRPO groups (a critique joins its question's group: the mixed
+     group, when the pair is from this step), advantages within each group, then the
+     PPO-clip update on all of them                                                        §8, §9
 (§ = a section of this file; "paper section" = the paper's.) Where the paper is silent this file
 makes a choice, marked "(choice)": a critique joins its question's group; no parsable verdict
 earns 0; p in Eq. 3 is an EMA of the response accuracy; a full cache drops its oldest pairs;
@@ -196,7 +197,8 @@ def load_questions(path, question_field=None, answer_field=None):
     elif "####" in str(first.get("answer")) and "question" in first:
         name, qkey, akey = "gsm8k", "question", "answer"  # a worked answer ending in '#### 72'
     elif "problem" in first:
-        name, qkey, akey = ("math", "problem", "answer") if "answer" in first else ("math_solution", "problem", "solution")
+        name, qkey = ("math", "problem") if "answer" in first else ("math_solution", "problem")
+        akey = "answer" if name == "math" else "solution"
     else:
         name, qkey, akey = "plain", "question", "answer"
     rows = []
@@ -232,7 +234,8 @@ def load_model(name, device):
     local = os.path.isdir(name)
     for i, kw in enumerate([{}] if local else [{"local_files_only": True}, {}]):
         if i == 1 and (constants.HF_HUB_OFFLINE or not hub_reachable()):
-            reason = f"not in the local cache, and the hub is {'off (HF_HUB_OFFLINE)' if constants.HF_HUB_OFFLINE else 'unreachable'}"
+            hub = "off (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else "unreachable"
+            reason = f"not in the local cache, and the hub is {hub}"
             break
         try:
             tok = AutoTokenizer.from_pretrained(name, padding_side="left", **kw)
@@ -309,7 +312,7 @@ def prompt_fits(tokenizer, prompts, max_length, chat):
     return [len(i) <= max_length for i in ids]
 
 
-# Gaps are bounded: with open-ended ones a critique of 'Conclusion:' and 20,000 spaces backtracked quadratically.
+# Bounded gaps keep the match linear on hostile text (open-ended ones backtrack quadratically on long runs of spaces).
 VERDICT_RE = re.compile(r"Conclusion:\s{0,8}\*{0,2}\s{0,8}(right|wrong)\s{0,8}\*{0,2}\s{0,8}\[END\]", re.IGNORECASE)
 
 
@@ -401,7 +404,7 @@ def autocast(model):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.no_grad()  # not inference_mode: FSDP reuses the buffers it gathers here for training
+@torch.no_grad()
 def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
              batch_size=256, chat=False):
     """Sample `num_samples` completions per prompt with HF generate (left-padded prompts).
@@ -433,8 +436,9 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
         for chunk in lockstep(model, [expanded[s:s + batch_size] for s in range(0, len(expanded), batch_size)]):
             # a chat template already holds the special tokens (BOS etc.): add none twice
             enc = tokenizer(chunk or ["0"], return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
-            with autocast(model):
-                seqs = model.generate(**enc, generation_config=config, synced_gpus=hasattr(model, "unshard"))
+            fsdp = hasattr(model, "unshard")  # FSDP reuses the buffers it gathers here for training: no inference_mode
+            with autocast(model), torch.inference_mode(not fsdp):  # inference_mode: less bookkeeping per op
+                seqs = model.generate(**enc, generation_config=config, synced_gpus=fsdp)
             if chunk is None:
                 continue  # a pass FSDP needed from this process, with nothing to keep
             completions = seqs[:, enc.input_ids.shape[1]:]
@@ -543,13 +547,15 @@ def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=Non
     prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in pairs]
     crit = generate(model, tokenizer, prompts, m, args.max_completion_length, args.temperature,
                     batch_size=args.generation_chunk_size, chat=args.chat)
-    metrics = {"time/critique_rollout": time.time() - t, "tokens/critique_rollout": sum(map(len, crit["completion_ids"]))}
+    metrics = {"time/critique_rollout": time.time() - t,
+               "tokens/critique_rollout": sum(map(len, crit["completion_ids"]))}
     verdicts = [parse_verdict(text) for text in crit["texts"]]
     votes = [None] * len(verdicts)
     if args.num_refinements:
         t = time.time()
         votes, refinements = refinement_votes(model, tokenizer, pairs, questions, crit["texts"], args)
-        metrics.update({"time/refine_rollout": time.time() - t, "critique/refine_accuracy": sum(votes) / max(1, len(votes)),
+        metrics.update({"time/refine_rollout": time.time() - t,
+                        "critique/refine_accuracy": sum(votes) / max(1, len(votes)),
                         "tokens/refine_rollout": sum(map(len, refinements["completion_ids"])),
                         "prompts/skipped_refine": refinements["skipped"]})
     samples = []
@@ -578,7 +584,8 @@ def refinement_votes(model, tokenizer, pairs, questions, critiques, args):
     that the verifier accepts. Returns (one fraction per critique, generate()'s dict). A critique
     whose refinement prompt is too long (prompt_fits) gets no refinements and a vote of 0."""
     m, n_ref = args.num_critiques, args.num_refinements
-    prompts = [refine_prompt(questions[pairs[j // m][0]]["question"], pairs[j // m][1], c) for j, c in enumerate(critiques)]
+    prompts = [refine_prompt(questions[pairs[j // m][0]]["question"], pairs[j // m][1], c)
+               for j, c in enumerate(critiques)]
     kept = [j for j, f in enumerate(prompt_fits(tokenizer, prompts, args.max_prompt_length, args.chat)) if f]
     out = generate(model, tokenizer, [prompts[j] for j in kept], n_ref, args.max_completion_length,
                    args.temperature, batch_size=args.generation_chunk_size, chat=args.chat)
@@ -954,20 +961,22 @@ def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None,
     for step in bar:
         t = time.time()
         batch = run["schedule"][step - 1][args.rank::args.world]  # this process's share (Appendix E)
-        samples, metrics = rl_step(model, run["ref_model"], run["optimizer"], tokenizer, batch, run["state"], questions, args)
+        samples, metrics = rl_step(model, run["ref_model"], run["optimizer"], tokenizer, batch, run["state"],
+                                   questions, args)
         metrics = merge_metrics(metrics)
         rollout_time = sum(v for k, v in metrics.items() if k.startswith("time/") and k.endswith("rollout"))
         tokens = sum(v for k, v in metrics.items() if k.startswith("tokens/"))
         metrics = {"step": step, **metrics, "learning_rate": args.learning_rate, "time/step": time.time() - t,
-             "tokens_per_second": tokens / rollout_time if rollout_time > 0 else 0.0}
+                   "tokens_per_second": tokens / rollout_time if rollout_time > 0 else 0.0}
         if step == 1:
             log(describe_step(samples, questions, args))
         run["state"]["nonfinite"] = run["state"]["nonfinite"] + 1 if metrics.get("skipped_updates") else 0
         if (args.eval_steps and step % args.eval_steps == 0) or step == args.max_steps:
             metrics.update(evaluate(model, tokenizer, eval_rows, run["critique_eval"], args))
             if args.log_completions:  # TRL's flag: a few of this step's sampled completions
+                few = samples[:2] + [s for s in samples if s["kind"] == "critique"][:2]
                 log("\n".join(f"  {s['kind']} of {questions[s['question']]['question']!r}, reward {s['reward']:.2f}: "
-                               f"{s['text']!r}" for s in samples[:2] + [s for s in samples if s["kind"] == "critique"][:2]))
+                               f"{s['text']!r}" for s in few))
         signum = int(all_reduce([stop["signal"] or 0], "max")[0])  # every process stops at the same step
         if run["state"]["nonfinite"] >= args.max_nonfinite_steps:
             metrics["stopped"] = "nonfinite"
@@ -1019,8 +1028,8 @@ def evaluate(model, tokenizer, eval_rows, critique_set, args):
     with eval_seed(args.seed + 2):
         gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
                        args.max_completion_length, greedy=True, batch_size=args.generation_chunk_size, chat=args.chat)
-        metrics = {"eval/accuracy": sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows)) / len(eval_rows),
-                   "eval/questions": len(eval_rows)}
+        right = sum(verify(t, r["answer"]) for t, r in zip(gen["texts"], eval_rows))
+        metrics = {"eval/accuracy": right / len(eval_rows), "eval/questions": len(eval_rows)}
         if critique_set:
             questions = {r["id"]: r for r in eval_rows}
             prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in critique_set]
@@ -1101,18 +1110,22 @@ def main(argv=None):
         args.cold_start = None  # weights and tokenizer come from the checkpoint
     model, tokenizer = load_model(resume["path"] if resume else args.model, args.device)
     args.chat = use_chat_template(tokenizer, model_name, args.chat_template)
-    say(f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {args.device}"
-        f"{f' x {args.world} processes' if args.world > 1 else ''} | mode {args.mode}\ntrain: {args.dataset}: "
-        f"{train_how}\neval:  {args.eval_dataset}: {eval_how}, {len(eval_rows)} used\nprompts: "
+    here = lambda p: p if not os.path.exists(p) or os.path.relpath(p).startswith("..") else os.path.relpath(p)
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    say(f"model: {here(model_name)} ({size:.2f} M parameters) on {args.device}"
+        f"{f' x {args.world} processes' if args.world > 1 else ''} | mode {args.mode}\ntrain: {here(args.dataset)}: "
+        f"{train_how}\neval:  {here(args.eval_dataset)}: {eval_how}, {len(eval_rows)} used\nprompts: "
         f"{'chat template' if args.chat else 'plain text'} (--chat_template {args.chat_template}); the first "
         "question renders as:\n" + render_prompt(tokenizer, solve_prompt(train_rows[0]["question"]), args.chat))
     for name, rows in (("train", train_rows), ("eval", eval_rows)):  # too long: skipped and counted, never truncated
         fits = prompt_fits(tokenizer, [solve_prompt(r["question"]) for r in rows], args.max_prompt_length, args.chat)
         rows[:] = [r for r, f in zip(rows, fits) if f]
         if not rows:
-            raise SystemExit(f"error: every {name} question is longer than --max_prompt_length {args.max_prompt_length}")
+            raise SystemExit(f"error: every {name} question is longer than --max_prompt_length "
+                             f"{args.max_prompt_length}")
         if fits.count(False):
-            say(f"skipped {fits.count(False)} {name} questions longer than --max_prompt_length {args.max_prompt_length}")
+            say(f"skipped {fits.count(False)} {name} questions longer than --max_prompt_length "
+                f"{args.max_prompt_length}")
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model = wrap_model(model, args)
@@ -1149,7 +1162,8 @@ def summary(history, args, seconds):
             ("critique accuracy (balanced)", "eval/critique_accuracy", "eval/critique_pairs", "pairs"),
             ('critic\'s "right" rate', "eval/critique_right_rate", "eval/critique_pairs", "pairs"),
             (f"majority vote of {args.self_verify_samples}", "eval/majority_accuracy", "eval/questions", "questions"),
-            (f"self-verification of {args.self_verify_samples}", "eval/self_verify_accuracy", "eval/questions", "questions")]
+            (f"self-verification of {args.self_verify_samples}", "eval/self_verify_accuracy", "eval/questions",
+             "questions")]
     se = lambda m, key, n: math.sqrt(m[key] * (1 - m[key]) / max(1, m[n]))
     lines = [f"\nsummary ({args.mode}, {args.max_steps} steps, {seconds:.0f} s), step 0 -> step {end['step']}, "
              "± one standard error:"]
@@ -1162,16 +1176,15 @@ def summary(history, args, seconds):
 
 # ============================================================================ Appendix A. Verifier internals
 # PLUMBING: how answers_equal stays safe on untrusted model text; a reader of the method may skip it.
-# The reward is r = 1[answer(response) == gold]. Model text is untrusted, so it is NEVER evaluated:
-# a small whitelist parser builds sympy objects directly, and whatever could make sympy blow up is
-# refused before sympy sees it: <=200 chars, <=100 tokens, nesting <=20, no power whose value could
-# exceed ~1000 digits, lcm(root indices) * digits(radicands) <= 300 (sympy factors radicands), and
-# expand() only when the result provably has <=100 terms. With these guards one call took at most
-# ~0.15 s in any thread over ~250k fuzzed inputs (a 2 MB response: ~0.1 s). A 1 s wall-clock budget
-# is also checked between stages and, in the main thread with no timer armed, enforced by SIGALRM.
-# Unsupported, so compared as normalised case-insensitive strings only: sets \{1,2\}, intervals
-# (0,1], tuples, matrices, units (5\text{ cm}), inequalities, \pm, factorials, functions (\sin),
-# multi-letter words. Deviation from LaTeX: 2^10 means 2^{10} (what the model meant), not 2^1 0.
+# Model text is NEVER evaluated: a small whitelist parser builds sympy objects directly, and whatever
+# could make sympy blow up is refused before sympy sees it: <=200 chars, <=100 tokens, nesting <=20,
+# no power whose value could exceed ~1000 digits, lcm(root indices) * digits(radicands) <= 300 (sympy
+# factors radicands), and expand() only when the result provably has <=100 terms. A 1 s wall-clock
+# budget is also checked between stages and, in the main thread with no timer armed, enforced by SIGALRM.
+# Above the scalar comparison sits a structural one (_shape): sets and solution lists, \pm, tuples,
+# intervals, vectors and matrices, compared part by part. Compared as normalised case-insensitive
+# strings only: inequalities, factorials, functions (\sin), multi-letter words. Deviation from LaTeX:
+# 2^10 means 2^{10} (what the model meant), not 2^1 0.
 
 
 _ANS_MAX_CHARS, _ANS_MAX_TOKENS, _ANS_MAX_DEPTH = 200, 100, 20
@@ -1648,7 +1661,8 @@ def trainer_state_file(rank):
 
 def latest_checkpoint(output_dir):
     """The checkpoint-STEP directory with the highest STEP (half-written .tmp ones never count)."""
-    found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)] if os.path.isdir(output_dir) else []
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    found = [d for d in names if re.fullmatch(r"checkpoint-\d+", d)]
     if not found:
         raise SystemExit(f"error: --resume: no checkpoint-STEP directory in {output_dir!r}")
     return os.path.join(output_dir, max(found, key=lambda d: int(d.split("-")[1])))
@@ -1852,8 +1866,9 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
 # PLUMBING: `torchrun --nproc_per_node N gcrl.py ...` runs N processes, one per GPU (gloo on CPU). Each
 # takes its share of a step's questions with its own cache, so a question's mixed group stays on one
 # process and advantages need no communication. Loss shares use global counts, so the gradient is the
-# whole batch's; DDP, or FSDP2 with --fsdp, sums the processes' gradients. With FSDP every forward pass
-# needs every process, so generate() and the update pad their calls to the same count (lockstep).
+# whole batch's (DDP and FSDP2 average the processes' gradients, so each share is scaled by their
+# number to make that average a sum). With FSDP every forward pass needs every process, so generate()
+# and the update pad their calls to the same count (lockstep).
 def init_distributed(args):
     """Join the process group torchrun describes in the environment; a plain `python gcrl.py` has none."""
     args.rank, args.world = 0, 1
@@ -1866,7 +1881,8 @@ def init_distributed(args):
     dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     args.rank, args.world = dist.get_rank(), dist.get_world_size()
     if args.train_batch_size % args.world:
-        raise SystemExit(f"error: --train_batch_size {args.train_batch_size} is not a multiple of {args.world} processes")
+        raise SystemExit(f"error: --train_batch_size {args.train_batch_size} is not a multiple of {args.world} "
+                         "processes")
     args.critique_batch_size = max(1, args.critique_batch_size // args.world)  # per process, as its cache
     args.cache_size = max(1, args.cache_size // args.world)
 
@@ -1910,7 +1926,8 @@ def all_reduce(values, op="sum"):
     if not distributed():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM if op == "sum" else torch.distributed.ReduceOp.MAX)
+    ops = torch.distributed.ReduceOp
+    torch.distributed.all_reduce(t, op=ops.SUM if op == "sum" else ops.MAX)
     return t.tolist()
 
 

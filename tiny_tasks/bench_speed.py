@@ -4,7 +4,7 @@ the same work. Not a test: it prints figures.
     python tiny_tasks/bench_speed.py                                  # gcrl only
     python tiny_tasks/bench_speed.py --trl_python /path/to/venv/bin/python   # + TRL, in its own venv
 
-The work (issue 5): a tiny Qwen2 (hidden 128, intermediate 256, 4 layers, 4 heads, 2 KV heads,
+The work: a tiny Qwen2 (hidden 128, intermediate 256, 4 layers, 4 heads, 2 KV heads,
 ~0.6 M parameters, character tokenizer), 8 prompts x 8 generations per step, 16 new tokens,
 temperature 1.0, beta 0, one torch thread, 20 steps; reward = gcrl.verify against the answer.
 Both start from the same supervised model (gcrl's 600-step cold start on direct answers in

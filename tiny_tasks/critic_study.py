@@ -6,7 +6,7 @@
     python tiny_tasks/critic_study.py      # all 17 variants, seed 0: about 4 h 10 min
     python tiny_tasks/critic_study.py --variants "every step slipped + misreads" --rl_steps 100   # ~31 min
 
-Issue 4 asks for a tiny critic well above chance (>= 75 % balanced accuracy after GC-RL); this
+The goal was a tiny critic well above chance (>= 75 % balanced accuracy after GC-RL); this
 measures it after the cold start, where GC-RL starts from (and, with --rl_steps N, again after N
 steps of GC-RL with gcrl's defaults). A critique here re-derives the
 answer, then gives a verdict; it can fail in two places, so each variant is scored on both, on a

@@ -19,12 +19,14 @@ pairs marked '=' or '!', so its verdict only has to notice a '!' (critic_study.p
 each part is needed). Each question's right solution is critiqued beside three wrong ones, slipped
 at every step or worked from a misread operand, so copying a response's steps is rarely right.
 
-The teacher is sloppy, on purpose: in a share of its solutions and of its critiques' re-derivations
-(--sloppy_solve, --sloppy_critique) it forgets the carry (or the borrow), as a weak base model or a
-weak distillation teacher would. The cold-started model inherits the habit in both skills, which
-leaves RL a visible job: a response that carries earns reward 1, a critique that carries on its
-re-derivation judges right. Without it the warm-up leaves both skills near the ceiling (0.965
-generation, 0.92 critique accuracy) and RL has nothing to show in minutes.
+The teacher is sloppy, on purpose, as a weak base model or a weak distillation teacher would be:
+each warm-up row is drawn --draws times, and in each draw a solution that needs a carry (or a
+borrow) forgets it with probability --sloppy, and the critique of such a forgetful solution
+approves it (copies its steps, so the two answers agree) with probability --lazy. The cold-started
+model inherits both habits, which leaves RL a visible job: a response that carries earns reward 1,
+a critique that catches the forgotten carry earns the critique reward. Without them the warm-up
+leaves both skills near the ceiling (0.965 generation, 0.92 critique accuracy) and RL has nothing
+to show in minutes.
 """
 import argparse
 import os
