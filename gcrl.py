@@ -429,6 +429,7 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
     out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
     device = next(model.parameters()).device
     model = getattr(model, "module", model)  # under DDP the model itself generates (Appendix E)
+    fsdp = sharded(model)  # FSDP reuses the buffers it gathers here for training: no inference_mode then
     was_training, own_config = model.training, model.generation_config
     model.eval()
     model.generation_config = GenerationConfig()
@@ -436,7 +437,6 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
         for chunk in lockstep(model, [expanded[s:s + batch_size] for s in range(0, len(expanded), batch_size)]):
             # a chat template already holds the special tokens (BOS etc.): add none twice
             enc = tokenizer(chunk or ["0"], return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
-            fsdp = hasattr(model, "unshard")  # FSDP reuses the buffers it gathers here for training: no inference_mode
             with autocast(model), torch.inference_mode(not fsdp):  # inference_mode: less bookkeeping per op
                 seqs = model.generate(**enc, generation_config=config, synced_gpus=fsdp)
             if chunk is None:
@@ -1891,6 +1891,11 @@ def distributed():
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def sharded(model):
+    """Is this model sharded by FSDP2 (whose modules have unshard())?"""
+    return distributed() and hasattr(model, "unshard")
+
+
 def wrap_model(model, args):
     """DDP, or with --fsdp FSDP2: each decoder layer, then the whole model, sharded (fully_shard)."""
     if not distributed():
@@ -1911,7 +1916,7 @@ def wrap_model(model, args):
 def frozen_copy(model, args):
     """The KL anchor: a frozen copy of the policy, sharded like it. An FSDP2 module cannot be
     deep-copied, so under --fsdp the copy is rebuilt from the gathered full weights."""
-    if not (distributed() and hasattr(model, "unshard")):
+    if not sharded(model):
         return wrap_model(copy.deepcopy(getattr(model, "module", model)).eval().requires_grad_(False), args)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoModelForCausalLM
@@ -1934,7 +1939,7 @@ def all_reduce(values, op="sum"):
 def lockstep(model, chunks):
     """With FSDP every process must run every forward pass: pad the list of chunks with None to the
     longest list of any process (for a None the caller runs a dummy pass and discards it)."""
-    if not distributed() or not hasattr(model, "unshard"):
+    if not sharded(model):
         return chunks
     return chunks + [None] * (int(all_reduce([len(chunks)], "max")[0]) - len(chunks))
 
@@ -1969,7 +1974,7 @@ def save_model(model, tokenizer, path):
     """A normal HF checkpoint (save_pretrained) from any number of processes: FSDP gathers the full
     weights first (every process takes part), rank 0 writes."""
     state = None
-    if distributed() and hasattr(model, "unshard"):
+    if sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if process_rank() == 0:
