@@ -13,30 +13,31 @@ the critiqued response was right. Responses and critiques are trained together i
     torchrun --nproc_per_node 8 gcrl.py --model ... [--fsdp]    # several GPUs (Appendix E)
     python gcrl.py --help                   # every flag
 
-One step, rl_step (§10), is the paper's Fig. 2:
+One step, rl_step (§10), is the paper's Fig. 2 (§ and Appendix name parts of this file):
   1. first-order rollout: n responses per question                                         §4
   2. each response rewarded by the verifier, R(r) = 1 or 0 (Eq. 1)                         §3, §4
-  3. data filter: of each question with right AND wrong responses, one of each becomes a
-     pair (question, response, label) in the question-response cache                       §5
-  4. second-order rollout: m critiques of each pair drawn from the cache                   §6
-  5. each critique rewarded by its verdict against the label (Eq. 2, or Eq. 3; + Eq. 4)    §7
-  6. responses and critiques in GRPO groups (a critique joins its question's group: the mixed
-     group, when the pair is from this step), advantages within each group, then the
-     PPO-clip update on all of them                                                        §8, §9
-(§ = a section of this file; "paper section" = the paper's.) Where the paper is silent this file
-makes a choice, marked "(choice)": a critique joins its question's group; no parsable verdict
-earns 0; p in Eq. 3 is an EMA of the response accuracy; a full cache drops its oldest pairs;
-refinements (Eq. 4) score critiques and are not trained. Simplifications against a production
-trainer (verl, TRL): rollout with HF generate, not vLLM; no sequence packing; no tensor
-parallelism; the data set fits in memory. §0-1 set up, §2-12 are the method, §13 runs it; the
-appendices are plumbing a reader may skip: verifier internals, checkpoints and signals, argument
-checks, the supervised warm-up, several processes.
+  3. data filter: a question with right AND wrong responses puts two pairs (question,
+     response, label) into the question-response cache, one right response and one wrong   §5
+  4. second-order rollout: m critiques of each pair drawn from the cache                   §5, §6
+  5. each critique rewarded by its verdict against the label (Eq. 2, or Eq. 3; + Eq. 4)    §6, §7
+  6. GRPO advantages within groups, then one PPO-clip update on responses and critiques    §8, §9
+A critique joins its question's group; if its pair was cached this step, the question's responses
+are in that group too (the mixed group), so the critiques' rewards move the responses' advantages
+as well. At step 1, describe_step prints one such group with each sample's reward and advantage.
+Where the paper is silent this file makes a choice, marked "(choice)": the groups above; no
+parsable verdict earns 0; p in Eq. 3 is an EMA of the response accuracy; a full cache drops its
+oldest pairs; refinements (Eq. 4) score critiques and are not trained; a critique weighs in the
+loss as much as a response; truncated completions are trained on (as TRL's default).
+Simplifications against a production trainer (verl, TRL): rollout with HF generate, not vLLM; no
+sequence packing; no tensor parallelism; the data set fits in memory. §0-1 set up, §2-11 are the
+method and its loop, §12 evaluates, §13 runs it. The appendices are plumbing a reader may skip:
+verifier internals, checkpoints and signals, argument checks, the supervised warm-up, several
+processes (whose helpers, e.g. lockstep and all_reduce, do nothing in a single process).
 """
 import argparse
 import collections
 import contextlib
 import copy
-import itertools
 import json
 import math
 import os
@@ -44,7 +45,6 @@ import random
 import re
 import shutil
 import signal
-import sys
 import threading
 import time
 from fractions import Fraction
@@ -97,20 +97,19 @@ def parse_args(argv=None):
     a("--num_critiques", type=int, default=None, help="m: critiques per pair (default: --num_generations)")
     a("--critique_batch_size", type=int, default=None, help="pairs critiqued per step (default: --train_batch_size)")
     a("--max_prompt_length", type=int, default=None, help="longest prompt of any kind; longer ones are skipped and "
-      "counted, never truncated (default: 512 + 2 x --max_completion_length: a 512-token question, a response "
-      "and a critique, the refinement prompt's parts)")
+      "counted, never truncated (default: 512 + 2 x --max_completion_length, for a refinement prompt's parts)")
     a("--max_completion_length", type=int, default=1024, help="new tokens per completion")
     a("--temperature", type=float, default=1.0, help="sampling temperature (the log-probs use the same)")
     a("--generation_chunk_size", type=int, default=256, help="sequences per generate() call (memory)")
-    a("--generation_batch_size", type=int, default=None, help=argparse.SUPPRESS)  # TRL's: refused, with a pointer
     # label balancing and the critique reward (paper sections 3 and 5)
-    a("--label_balance", default="filter", choices=["filter", "random", "reweight"],
-      help="filter: one right + one wrong response per question; random: two random ones; reweight: + Eq. 3")
+    a("--label_balance", default=None, choices=["filter", "random", "reweight"], help="filter (default): one "
+      "right + one wrong response per question; random: two random ones; reweight: random + Eq. 3")
     a("--cache_size", type=int, default=None, help="most pairs the cache holds (default: 4 x --critique_batch_size)")
     a("--critique_reward_right", type=float, default=0.7, help='Eq. 2: reward for "right" on a correct response '
       '(the paper\'s Eq. 5/6 steering: 0.6/0.8 a stricter critic, 0.8/0.6 a more lenient one)')
     a("--critique_reward_wrong", type=float, default=0.7, help='Eq. 2: reward for "wrong" on a wrong response')
-    a("--num_refinements", type=int, default=0, help="Eq. 4 vote denoising: refinements per critique (0 = off)")
+    a("--num_refinements", type=int, default=None, help="Eq. 4 vote denoising: refinements per critique (default 0: "
+      "off)")
     a("--denoise_weight_right", type=float, default=0.1, help='Eq. 4 weight of a "right" verdict')
     a("--denoise_weight_wrong", type=float, default=0.7, help='Eq. 4 weight of a "wrong" verdict')
     a("--static_samples", type=int, default=10, help="C-RL: responses per question for its static set")
@@ -123,13 +122,14 @@ def parse_args(argv=None):
     a("--epsilon_high", type=float, default=None, help="PPO clip, upper (default: --epsilon)")
     a("--beta", type=float, default=0.0, help="KL coefficient to the frozen starting policy (0: no reference model)")
     a("--use_bias_correction_kl", action=argparse.BooleanOptionalAction, default=False,
-      help="k3 KL times pi/pi_old, as TRL does by default; gcrl's default (off) is verl's low_var_kl, the paper's")
+      help="TRL's: the k3 KL times pi/pi_old; off: verl's low_var_kl, the paper's (k3 clamped at 10)")
     a("--num_iterations", type=int, default=1, help="passes over each step's samples (PPO epochs)")
     a("--num_mini_batches", type=int, default=1, help="optimizer steps per RL step (verl's mini-batches)")
-    a("--steps_per_generation", type=int, default=None, help=argparse.SUPPRESS)  # TRL's: refused, with a pointer
     a("--per_device_train_batch_size", type=int, default=8, help="sequences per forward/backward")
     a("--learning_rate", type=float, default=1e-6, help="AdamW learning rate (the paper's)")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping")
+    for trl_only in ("--steps_per_generation", "--generation_batch_size"):
+        a(trl_only, type=int, default=None, help=argparse.SUPPRESS)  # TRL's: refused, with a pointer (Appendix C)
     # evaluation and bookkeeping
     a("--eval_steps", type=int, default=20, help="evaluate every this many steps (0: at start and end only)")
     a("--self_verify_samples", type=int, default=0, help="k answers per eval question for self-verification (0 = off)")
@@ -145,16 +145,7 @@ def parse_args(argv=None):
     if args.model is None:
         p.set_defaults(**DEMO)
         args = p.parse_args(argv)
-    check_args(p, args, argv if argv is not None else sys.argv[1:])  # Appendix C
-    args.max_prompt_length = args.max_prompt_length or 512 + 2 * args.max_completion_length
-    args.num_critiques = args.num_critiques or args.num_generations
-    args.critique_batch_size = args.critique_batch_size or args.train_batch_size
-    args.cache_size = args.cache_size or 4 * args.critique_batch_size
-    args.epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.model = resolve_model_name(args.model)  # printed at start-up as resolved
-    args.chat, args.rank, args.world = False, 0, 1  # chat: use_chat_template; rank, world: init_distributed
-    return args
+    return check_args(p, args)  # Appendix C: one line for an impossible setting; the "default: ..." filled in
 
 
 # ============================================================================ 1. Data and model
@@ -164,8 +155,8 @@ def read_jsonl(path):
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
     except OSError as e:
-        raise SystemExit(f"error: data set {path!r} " + ("does not exist" if isinstance(e, FileNotFoundError) else
-                         "is not a file" if isinstance(e, IsADirectoryError) else f"cannot be read: {e.strerror}"))
+        why = {FileNotFoundError: "does not exist", IsADirectoryError: "is not a file"}.get(type(e))
+        raise SystemExit(f"error: data set {path!r} {why or 'cannot be read: ' + str(e.strerror)}")
     rows = []
     for lineno, raw in enumerate(lines, 1):
         try:
@@ -196,9 +187,9 @@ def load_questions(path, question_field=None, answer_field=None):
         name, qkey, akey = "custom", question_field or "question", answer_field or "answer"
     elif "####" in str(first.get("answer")) and "question" in first:
         name, qkey, akey = "gsm8k", "question", "answer"  # a worked answer ending in '#### 72'
-    elif "problem" in first:
-        name, qkey = ("math", "problem") if "answer" in first else ("math_solution", "problem")
-        akey = "answer" if name == "math" else "solution"
+    elif "problem" in first:  # MATH: its 'answer', or else the last \boxed{} of its 'solution'
+        name, qkey, akey = ("math", "problem", "answer") if "answer" in first else ("math_solution", "problem",
+                                                                                    "solution")
     else:
         name, qkey, akey = "plain", "question", "answer"
     rows = []
@@ -212,9 +203,10 @@ def load_questions(path, question_field=None, answer_field=None):
             if "####" not in a:
                 raise SystemExit(f"error: {path}:{lineno}: GSM8K answer without '#### <answer>'")
             a = re.sub(r"(?<=\d),(?=\d{3})", "", a.rsplit("####", 1)[1].strip())  # 1,000 -> 1000
-        elif name == "math_solution" and not extract_boxed(a):
-            raise SystemExit(f"error: {path}:{lineno}: 'solution' has no \\boxed{{}} answer")
-        a = extract_boxed(a) if name == "math_solution" else a
+        elif name == "math_solution":
+            a = extract_boxed(a)
+            if not a:
+                raise SystemExit(f"error: {path}:{lineno}: 'solution' has no \\boxed{{}} answer")
         rows.append({"question": q, "answer": a.strip(), "id": len(rows)})
     how = {"gsm8k": "the text after '####'", "math_solution": "the last \\boxed{} of 'solution'"}.get(name, repr(akey))
     return rows, f"{len(rows)} questions: '{qkey}', gold answer from {how}"
@@ -234,8 +226,8 @@ def load_model(name, device):
     local = os.path.isdir(name)
     for i, kw in enumerate([{}] if local else [{"local_files_only": True}, {}]):
         if i == 1 and (constants.HF_HUB_OFFLINE or not hub_reachable()):
-            hub = "off (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else "unreachable"
-            reason = f"not in the local cache, and the hub is {hub}"
+            reason = "not in the local cache, and the hub is " + ("off (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE
+                                                                  else "unreachable")
             break
         try:
             tok = AutoTokenizer.from_pretrained(name, padding_side="left", **kw)
@@ -337,8 +329,7 @@ def verdict_is_right(verdict, response_correct):
 # R(r) = 1[answer(response) == gold]. Model text is untrusted, so it is NEVER evaluated: a whitelist
 # parser builds sympy objects directly, inside size, depth and time bounds (Appendix A).
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_LATEX_ESCAPE_RE = re.compile(r"\\.", re.S)  # \{ \} \\ are escapes, not braces
-_BRACE_DELTA = {"{": 1, "}": -1}
+_BRACE_OR_ESCAPE_RE = re.compile(r"\\.|[{}]", re.S)  # \{ \} \\ are escapes, not braces
 
 
 def extract_boxed(text):
@@ -352,32 +343,12 @@ def extract_boxed(text):
     last = None
     for last in _BOXED_RE.finditer(text):  # one linear pass; keep only the last match
         pass
-    if last is None:
-        return None
-    start, depth = last.end(), 1
-    body = _LATEX_ESCAPE_RE.sub("__", text[start:])  # same length, escapes neutralised
-    for lo in range(0, len(body), 4096):  # brace depth as C-level prefix sums, chunk by chunk
-        deltas = map(_BRACE_DELTA.get, body[lo:lo + 4096], itertools.repeat(0))
-        run = list(itertools.accumulate(deltas, initial=depth))
-        if 0 in run:
-            return text[start:start + lo + run.index(0) - 1]
-        depth = run[-1]
+    depth = 1
+    for m in _BRACE_OR_ESCAPE_RE.finditer(text, last.end()) if last else ():
+        depth += {"{": 1, "}": -1}.get(m.group(), 0)
+        if depth == 0:
+            return text[last.end():m.start()]
     return None
-
-
-def answers_equal(a, b):
-    """True iff two bare answers are mathematically equal (as strings if not math). Never raises.
-
-    >>> answers_equal(r"\\frac{-1}{2}", "-0.5"), answers_equal("(x-1)(x+1)", "x^2-1")
-    (True, True)
-    >>> answers_equal(r"\\sqrt{8}", r"3\\sqrt2"), answers_equal("1/0", "1/0")
-    (False, False)
-    """
-    try:
-        with _sigalrm_limit(_VERIFY_BUDGET_S):
-            return bool(_answers_equal(a, b, time.monotonic() + _VERIFY_BUDGET_S))
-    except Exception:  # timeout, division by zero, anything unexpected: not equal
-        return False
 
 
 def verify(response, gold):
@@ -407,24 +378,19 @@ def autocast(model):
 @torch.no_grad()
 def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
              batch_size=256, chat=False):
-    """Sample `num_samples` completions per prompt with HF generate (left-padded prompts).
-
-    Returns a dict of per-sequence lists, prompt-major (prompt 0's samples first):
-      prompt_ids[i]      list[int]  the prompt tokens (no padding)
-      completion_ids[i]  list[int]  up to and including the first EOS (no padding)
-      texts[i]           str        the decoded completion, without EOS
-      truncated[i]       bool       hit max_new_tokens before EOS
-    E.g. 2 prompts x num_samples=3 -> 6 entries.
+    """Sample `num_samples` completions per prompt with HF generate (left-padded prompts). Returns a
+    dict of per-sequence lists, prompt-major (2 prompts x num_samples=3 -> prompt 0's 3, then prompt 1's):
+      prompt_ids / completion_ids  list[int], no padding; a completion ends at its first EOS, included
+      texts                        str, the decoded completion without EOS
+      truncated                    bool, hit max_new_tokens before EOS
     """
     from transformers import GenerationConfig
-    eos = tokenizer.eos_token_id
-    # Plain sampling from softmax(logits / T), or plain argmax: the distribution the loss assumes.
-    # generate() fills every field left unset from model.generation_config (a checkpoint may ship
-    # top_k, top_p, repetition_penalty, ...), so that config is swapped for a blank one below, and
-    # top_k is set because the library's own default is 50.
+    # Plain sampling from softmax(logits / T), or plain argmax: the distribution the loss assumes. generate()
+    # fills every field left unset from model.generation_config (a checkpoint may ship top_k, top_p,
+    # repetition_penalty, ...): that config is swapped for a blank one below, and top_k (library default 50) set.
     sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
     config = GenerationConfig(do_sample=not greedy, num_beams=1, max_new_tokens=max_new_tokens,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **sampling)
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
     expanded = [render_prompt(tokenizer, p, chat) for p in prompts for _ in range(num_samples)]
     out = {"prompt_ids": [], "completion_ids": [], "texts": [], "truncated": []}
     device = next(model.parameters()).device
@@ -440,9 +406,9 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
             with autocast(model), torch.inference_mode(not fsdp):  # inference_mode: less bookkeeping per op
                 seqs = model.generate(**enc, generation_config=config, synced_gpus=fsdp)
             if chunk is None:
-                continue  # a pass FSDP needed from this process, with nothing to keep
+                continue  # a pass FSDP needed from this process (lockstep), with nothing to keep
             completions = seqs[:, enc.input_ids.shape[1]:]
-            lengths, truncated = completion_lengths(completions, eos)
+            lengths, truncated = completion_lengths(completions, tokenizer.eos_token_id)
             for row, ids, mask, n in zip(completions.tolist(), enc.input_ids.tolist(), enc.attention_mask.tolist(),
                                          lengths):
                 out["prompt_ids"].append([t for t, m in zip(ids, mask) if m])
@@ -516,8 +482,8 @@ def select_pairs(question_id, texts, correct, label_balance, rng, fits=None):
 
 
 def cache_new_pairs(cache, responses, questions, tokenizer, args, rng):
-    """Fig. 2 step 3: the filter's pairs of this step's questions enter the question-response cache,
-    whose oldest pairs are dropped beyond --cache_size (choice). Returns metrics."""
+    """Fig. 2 step 3: the filter's pairs of this step's questions enter the question-response cache
+    (up to 2 per question), whose oldest pairs are dropped beyond --cache_size (choice). Returns metrics."""
     new, skipped, n = [], 0, args.num_generations
     for start in range(0, len(responses), n):  # one question's n responses at a time
         group = responses[start:start + n]
@@ -534,15 +500,29 @@ def cache_new_pairs(cache, responses, questions, tokenizer, args, rng):
 
 
 def sample_from_cache(cache, k, rng):
-    """Fig. 2 step 4: take k pairs out of the cache uniformly at random, without replacement."""
+    """Fig. 2 step 4: take k pairs out of the cache uniformly at random, without replacement: a pair is
+    critiqued once, in this step or (while the cache holds it) a later one."""
     picked = sorted(rng.sample(range(len(cache)), min(k, len(cache))), reverse=True)
     return [cache.pop(i) for i in picked][::-1]
 
 
+def next_pairs(state, args):
+    """The pairs critiqued this step: drawn out of the cache (GC-RL), or the next ones of C-RL's
+    static set, shuffled once per pass over it."""
+    k = args.critique_batch_size
+    if args.mode == "gcrl":
+        return sample_from_cache(state["cache"], k, state["rng"])
+    if len(state["static_pool"]) < k:
+        state["static_pool"] = state["static_pool"] + state["rng"].sample(state["static_set"], len(state["static_set"]))
+    pairs, state["static_pool"] = state["static_pool"][:k], state["static_pool"][k:]
+    return pairs
+
+
 # ============================================================================ 6. Second-order rollout
 def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=None):
-    """Fig. 2 steps 4-5: m critiques of each <question, response> pair, each rewarded by its verdict
-    (Eq. 2; Eq. 3 when p_correct is given; + Eq. 4 with --num_refinements). Returns (samples, metrics)."""
+    """Fig. 2 steps 4-5 for the drawn pairs: m critiques of each <question, response> pair, each rewarded
+    by its verdict (Eq. 2; Eq. 3 when p_correct is given; + Eq. 4 with --num_refinements).
+    Returns (samples, metrics)."""
     m, t = args.num_critiques, time.time()
     prompts = [critique_prompt(questions[q]["question"], r) for q, r, _ in pairs]
     crit = generate(model, tokenizer, prompts, m, args.max_completion_length, args.temperature,
@@ -567,15 +547,14 @@ def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=Non
         samples.append({"kind": "critique", "question": q, "group": critique_group(q, j // m, args.group_by),
                         "text": text, "verdict": verdict, "pair": pairs[j // m], "reward": reward,
                         "prompt_ids": crit["prompt_ids"][j], "completion_ids": crit["completion_ids"][j]})
-    if not samples:
-        return samples, metrics
-    hits = [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
-    metrics.update({"critique/reward": sum(s["reward"] for s in samples) / len(samples),
-                    "critique/accuracy": sum(hits) / len(hits),
-                    "critique/right_rate": verdicts.count("right") / len(verdicts),
-                    "critique/no_verdict_rate": verdicts.count(None) / len(verdicts),
-                    "critique/label_right_rate": sum(ok for _, _, ok in pairs) / len(pairs),
-                    "critique/mean_length": metrics["tokens/critique_rollout"] / len(verdicts)})
+    if samples:
+        hits = [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
+        metrics.update({"critique/reward": sum(s["reward"] for s in samples) / len(samples),
+                        "critique/accuracy": sum(hits) / len(hits),
+                        "critique/right_rate": verdicts.count("right") / len(verdicts),
+                        "critique/no_verdict_rate": verdicts.count(None) / len(verdicts),
+                        "critique/label_right_rate": sum(ok for _, _, ok in pairs) / len(pairs),
+                        "critique/mean_length": metrics["tokens/critique_rollout"] / len(verdicts)})
     return samples, metrics
 
 
@@ -608,8 +587,8 @@ def critique_reward(verdict, response_correct, reward_right=0.7, reward_wrong=0.
 
     >>> critique_reward("right", True), critique_reward("right", False), critique_reward(None, True)
     (0.7, 0.0, 0.0)
-    >>> critique_reward("wrong", False, p=0.25)   # 0.35 / 0.75
-    0.4666...
+    >>> round(critique_reward("wrong", False, p=0.25), 4)   # 0.35 / 0.75
+    0.4667
     """
     if verdict == "right" and response_correct:
         return reward_right if p is None else reward_right / (2 * p)
@@ -622,8 +601,8 @@ def denoise_reward(verdict, vote, weight_right=0.1, weight_wrong=0.7):
     """Eq. 4: R_q(c) = 0.1 k/n if Ext(c) = right, 0.7 k/n if Ext(c) = wrong (0 without a verdict).
 
     A 'wrong' verdict that leads to a right corrected solution earns the most: it found a real error.
-    Added to Eq. 2 as the paper writes it, a false 'wrong' on a right response also earns 0.7 k/n
-    when the refinements stay right.
+    Added to Eq. 2 as the paper writes it (kept so here), a false 'wrong' on a right response also
+    earns 0.7 k/n when the refinements stay right: about what a true 'right' earns (0.7 + 0.1 k/n).
     >>> denoise_reward("wrong", 0.5), denoise_reward("right", 1.0)
     (0.35, 0.1)
     """
@@ -631,8 +610,9 @@ def denoise_reward(verdict, vote, weight_right=0.1, weight_wrong=0.7):
 
 
 def reweight_p(p_correct, label_balance):
-    """p for Eq. 3, as the paper defines it: E[R(r)], the running response accuracy (under torchrun,
-    each process's own), kept inside [0.05, 0.95] so 1/p stays finite (choice)."""
+    """p for Eq. 3 with --label_balance reweight, else None. p_correct is E[R(r)], the response accuracy
+    as rl_step keeps it: an EMA over steps (choice; under torchrun each process's own). It is kept
+    inside [0.05, 0.95] here so that 1/p stays finite (choice)."""
     if label_balance != "reweight" or p_correct is None:
         return None
     return min(max(p_correct, 0.05), 0.95)
@@ -640,11 +620,10 @@ def reweight_p(p_correct, label_balance):
 
 # ============================================================================ 8. Advantages
 def critique_group(question_id, pair_index, group_by):
-    """A critique's GRPO group (choice): its question's, shared with that question's responses when
-    the pair was cached this step (the mixed group; a pair from an earlier step forms a group of
-    critiques only); or, with --group_by prompt, its own pair's (negative ids, never a question's).
-    In a mixed group a right critique (0.7) sits below right responses (1): when most responses are
-    right, even a right critique gets a negative advantage, only a smaller one than a wrong critique."""
+    """A critique's GRPO group (choice): its question's, the mixed group when the pair was cached this
+    step (else one of critiques only); or, with --group_by prompt, its own pair's (ids below 0, never a
+    question's). In a mixed group a right critique (0.7) sits below right responses (1): when most
+    responses are right, even a right critique gets a negative advantage, only a smaller one."""
     return question_id if group_by == "question" else -1 - pair_index
 
 
@@ -750,9 +729,9 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, epsilon, epsilon_hig
 
     l_it = -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta * KL_it,   rho = pi / pi_old
     k3 = exp(ref - logp) - (ref - logp) - 1, Schulman's estimator of KL(pi || ref), >= 0;
-    KL_it = min(k3, 10): verl's low_var_kl, what the paper trained with (no ratio factor), or
-    KL_it = k3 * rho with bias_correction_kl (TRL's default): its gradient is the unbiased reverse-KL
-    gradient (DeepSeek-V3.2). The two agree in value on-policy; their gradients differ.
+    KL_it = min(k3, 10): verl's low_var_kl, what the paper trained with (TRL's default is k3 unclamped), or
+    KL_it = k3 * rho with bias_correction_kl (TRL's use_bias_correction_kl): its gradient is the unbiased
+    reverse-KL gradient (DeepSeek-V3.2). The two agree in value on-policy; their gradients differ.
     Positions where mask is 0 never reach the loss or its gradient, whatever they hold (inf, NaN).
     Returns (loss share, stats) where stats holds token sums for logging.
     """
@@ -795,27 +774,29 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
     """The GRPO update on one step's samples, responses and critiques alike: num_iterations passes,
     each over num_mini_batches mini-batches, one optimizer step per mini-batch. Reads each sample's
     "prompt_ids", "completion_ids" and "advantage". Returns TRL-style metrics."""
-    stats = collections.Counter(time_logprobs=0.0)
-    if ref_model is None and not all_reduce([any(s["advantage"] != 0 for s in samples)])[0]:
-        # Every group had zero reward variance (frac_reward_zero_std = 1): the gradient is exactly 0,
-        # yet an optimizer step would still move the weights by Adam's momentum. Skip it.
-        return policy_update_metrics(stats)
-    # pi_old is needed only when the policy moves before a sample is used (off-policy); with one
-    # iteration and one mini-batch it equals the current log-probs, detached: no extra pass.
-    on_policy = args.num_iterations == 1 and args.num_mini_batches == 1
-    t0 = time.time()
-    if not on_policy:
-        frozen_logprobs(model, samples, "old_logp", args, pad_id)
-    if ref_model is not None:
-        frozen_logprobs(ref_model, samples, "ref_logp", args, pad_id)
-    stats["time_logprobs"] = time.time() - t0
-    for _ in range(args.num_iterations):
-        order = samples[:]
-        rng.shuffle(order)
-        for mini in [order[i::args.num_mini_batches] for i in range(args.num_mini_batches)]:
-            stats.update(mini_batch_step(model, optimizer, mini, samples[:1], args, pad_id, on_policy))
-    stats["loss"] /= args.num_iterations * args.num_mini_batches
-    return policy_update_metrics(stats)
+    stats, t0 = collections.Counter(), time.time()
+    # Every group with zero reward variance (frac_reward_zero_std = 1) makes the gradient exactly 0, yet an
+    # optimizer step would still move the weights by Adam's momentum: then no step at all.
+    if ref_model is not None or all_reduce([any(s["advantage"] != 0 for s in samples)])[0]:
+        # pi_old is needed only when the policy moves before a sample is used (off-policy); with one
+        # iteration and one mini-batch it equals the current log-probs, detached: no extra pass.
+        on_policy = args.num_iterations == 1 and args.num_mini_batches == 1
+        if not on_policy:
+            frozen_logprobs(model, samples, "old_logp", args, pad_id)
+        if ref_model is not None:
+            frozen_logprobs(ref_model, samples, "ref_logp", args, pad_id)
+        stats["time_logprobs"] = time.time() - t0
+        for _ in range(args.num_iterations):
+            order = samples[:]
+            rng.shuffle(order)
+            for mini in [order[i::args.num_mini_batches] for i in range(args.num_mini_batches)]:
+                stats.update(mini_batch_step(model, optimizer, mini, samples[:1], args, pad_id, on_policy))
+    tokens = max(1.0, stats["tokens"])  # TRL-style metrics: means over completion tokens
+    return {"loss": stats["loss"] / (args.num_iterations * args.num_mini_batches),
+            "grad_norm": stats["grad_norm"] / max(1, stats["updates"]), "kl": stats["kl"] / tokens,
+            "clip_ratio/low_mean": stats["clip_low"] / tokens, "clip_ratio/high_mean": stats["clip_high"] / tokens,
+            "clip_ratio/region_mean": (stats["clip_low"] + stats["clip_high"]) / tokens,
+            "skipped_updates": stats["skipped"], "time/logprobs": stats["time_logprobs"]}
 
 
 def mini_batch_step(model, optimizer, mini, spare, args, pad_id, on_policy):
@@ -851,16 +832,6 @@ def mini_batch_step(model, optimizer, mini, spare, args, pad_id, on_policy):
     return stats
 
 
-def policy_update_metrics(stats):
-    """Token sums from policy_update -> TRL-style metrics (means over completion tokens)."""
-    tokens = max(1.0, stats["tokens"])
-    return {"loss": stats["loss"], "grad_norm": stats["grad_norm"] / max(1, stats["updates"]),
-            "kl": stats["kl"] / tokens, "clip_ratio/low_mean": stats["clip_low"] / tokens,
-            "clip_ratio/high_mean": stats["clip_high"] / tokens,
-            "clip_ratio/region_mean": (stats["clip_low"] + stats["clip_high"]) / tokens,
-            "skipped_updates": stats["skipped"], "time/logprobs": stats["time_logprobs"]}
-
-
 # ============================================================================ 10. One RL step
 def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, args):
     """One GC-RL step, Fig. 2: first-order rollout -> filter and cache -> second-order rollout ->
@@ -889,6 +860,9 @@ def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, arg
         if pairs or distributed():  # every process enters generate(): with FSDP each forward needs all
             critiques, rollout = second_order_rollout(model, tokenizer, pairs, questions, args,
                                                       reweight_p(state["p_correct"], args.label_balance))
+            with_responses = {s["group"] for s in samples}
+            rollout["critique/mixed_group_rate"] = sum(c["group"] in with_responses for c in critiques) / max(
+                1, len(critiques))  # the share of critiques whose group holds this step's responses too
             samples += critiques
             metrics.update(rollout)
     if samples:  # 6. advantages within each (mixed) group, then the update on everything
@@ -904,53 +878,13 @@ def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, arg
     return samples, metrics
 
 
-def next_pairs(state, args):
-    """The pairs critiqued this step: drawn out of the cache (GC-RL), or the next ones of C-RL's
-    static set, shuffled once per pass over it."""
-    k = args.critique_batch_size
-    if args.mode == "gcrl":
-        return sample_from_cache(state["cache"], k, state["rng"])
-    if len(state["static_pool"]) < k:
-        state["static_pool"] = state["static_pool"] + state["rng"].sample(state["static_set"], len(state["static_set"]))
-    pairs, state["static_pool"] = state["static_pool"][:k], state["static_pool"][k:]
-    return pairs
-
-
 # ============================================================================ 11. Training loop
-def question_batches(rows, batch_size, num_batches, rng):
-    """The questions of every step: a fresh shuffle per epoch, and never one question twice in a step
-    (it would get one merged group of 2n responses). Where a step straddles two epochs, a question
-    it already holds waits for the next step.
-
-    >>> [[r["id"] for r in b] for b in question_batches([{"id": i} for i in range(3)], 2, 3, random.Random(0))]
-    [[0, 2], [1, 2], [1, 0]]
-    """
-    if batch_size > len(rows):
-        raise SystemExit(f"error: --train_batch_size {batch_size} is more than the {len(rows)} training questions")
-    batches, pool = [], []
-    while len(batches) < num_batches:
-        if len(pool) < batch_size:
-            epoch = rows[:]
-            rng.shuffle(epoch)
-            pool += epoch
-        batch, ids, rest = [], set(), []
-        for r in pool:
-            if len(batch) < batch_size and r["id"] not in ids:
-                batch.append(r)
-                ids.add(r["id"])
-            else:
-                rest.append(r)
-        batches.append(batch)
-        pool = rest
-    return batches
-
-
 def train(model, tokenizer, train_rows, eval_rows, args, log=print, resume=None, stop=None):
     """RL for --max_steps steps of rl_step. Returns the list of metrics dicts (step 0 = before RL).
 
     resume: a checkpoint's trainer state (load_checkpoint); the run continues exactly as if it had
-    not stopped. stop: a dict whose "signal" a handler sets (install_stop_handlers): the step in
-    flight finishes, a checkpoint is written and train returns.
+    not stopped. stop: a dict whose "signal" a handler sets (stop_on_signals): the step in flight
+    finishes, a checkpoint is written and train returns.
     """
     stop = stop if stop is not None else {"signal": None}
     questions = {r["id"]: r for r in train_rows}
@@ -1022,9 +956,9 @@ def eval_seed(seed):
 
 def evaluate(model, tokenizer, eval_rows, critique_set, args):
     """The paper's two metrics (paper section 4), greedy: generation accuracy on held-out questions, and
-    critique accuracy on a 1:1 balanced set of right/wrong responses, with the rate of 'right'
-    verdicts (0 = a critic that always says wrong); then, with --self_verify_samples k, majority-vote
-    and self-verified accuracy over k sampled answers."""
+    critique accuracy on a 1:1 balanced set of right/wrong responses (critique_set: built once, before
+    RL, from the starting policy's answers), with the rate of 'right' verdicts (0 = a critic that always
+    says wrong); with --self_verify_samples k, also majority-vote and self-verified accuracy."""
     with eval_seed(args.seed + 2):
         gen = generate(model, tokenizer, [solve_prompt(r["question"]) for r in eval_rows], 1,
                        args.max_completion_length, greedy=True, batch_size=args.generation_chunk_size, chat=args.chat)
@@ -1104,15 +1038,15 @@ def main(argv=None):
     train_rows, train_how = load_questions(args.dataset, *fields)  # data errors surface before any model loads
     eval_rows, eval_how = load_questions(args.eval_dataset, *fields)
     eval_rows = eval_rows[:args.eval_size] if args.eval_size else eval_rows
-    resume, model_name = None, args.model  # the name decides the chat template, also on resume
+    resume = None
     if args.resume:
         resume = load_checkpoint(latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume)
         args.cold_start = None  # weights and tokenizer come from the checkpoint
     model, tokenizer = load_model(resume["path"] if resume else args.model, args.device)
-    args.chat = use_chat_template(tokenizer, model_name, args.chat_template)
+    args.chat = use_chat_template(tokenizer, args.model, args.chat_template)  # by the model's name, also on resume
     here = lambda p: p if not os.path.exists(p) or os.path.relpath(p).startswith("..") else os.path.relpath(p)
     size = sum(p.numel() for p in model.parameters()) / 1e6
-    say(f"model: {here(model_name)} ({size:.2f} M parameters) on {args.device}"
+    say(f"model: {here(args.model)} ({size:.2f} M parameters) on {args.device}"
         f"{f' x {args.world} processes' if args.world > 1 else ''} | mode {args.mode}\ntrain: {here(args.dataset)}: "
         f"{train_how}\neval:  {here(args.eval_dataset)}: {eval_how}, {len(eval_rows)} used\nprompts: "
         f"{'chat template' if args.chat else 'plain text'} (--chat_template {args.chat_template}); the first "
@@ -1120,29 +1054,19 @@ def main(argv=None):
     for name, rows in (("train", train_rows), ("eval", eval_rows)):  # too long: skipped and counted, never truncated
         fits = prompt_fits(tokenizer, [solve_prompt(r["question"]) for r in rows], args.max_prompt_length, args.chat)
         rows[:] = [r for r, f in zip(rows, fits) if f]
+        limit = f"longer than --max_prompt_length {args.max_prompt_length}"
         if not rows:
-            raise SystemExit(f"error: every {name} question is longer than --max_prompt_length "
-                             f"{args.max_prompt_length}")
+            raise SystemExit(f"error: every {name} question is {limit}")
         if fits.count(False):
-            say(f"skipped {fits.count(False)} {name} questions longer than --max_prompt_length "
-                f"{args.max_prompt_length}")
+            say(f"skipped {fits.count(False)} {name} questions {limit}")
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model = wrap_model(model, args)
-    if args.cold_start == "self":  # Appendix D
-        self_cold_start(model, tokenizer, train_rows, args, log=say)
-    elif args.cold_start:
-        examples = cold_start_examples(args.cold_start)
-        loss = sft(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, random.Random(args.seed),
-                   chat=args.chat, log=say)
-        say(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, final loss {loss:.3f}")
-    stop = {"signal": None}
-    handlers = install_stop_handlers(stop)
-    try:
+    if args.cold_start:  # Appendix D
+        cold_start(model, tokenizer, train_rows, args, log=say)
+    with stop_on_signals() as stop:  # Appendix B: Ctrl-C finishes the step, then checkpoints
         history = train(model, tokenizer, train_rows, eval_rows, args, log=tqdm.write if args.rank == 0 else say,
                         resume=resume, stop=stop)
-    finally:
-        restore_stop_handlers(handlers)
     end = history[-1]
     if end.get("stopped") == "nonfinite":
         raise SystemExit(f"error: {args.max_nonfinite_steps} steps in a row had a non-finite gradient; "
@@ -1157,13 +1081,12 @@ def main(argv=None):
 
 def summary(history, args, seconds):
     """Before -> after for every evaluation metric, each with its standard error sqrt(p(1-p)/n)."""
-    start, end = history[0], history[-1]
+    start, end, k = history[0], history[-1], args.self_verify_samples
     rows = [("generation accuracy (greedy)", "eval/accuracy", "eval/questions", "questions"),
             ("critique accuracy (balanced)", "eval/critique_accuracy", "eval/critique_pairs", "pairs"),
             ('critic\'s "right" rate', "eval/critique_right_rate", "eval/critique_pairs", "pairs"),
-            (f"majority vote of {args.self_verify_samples}", "eval/majority_accuracy", "eval/questions", "questions"),
-            (f"self-verification of {args.self_verify_samples}", "eval/self_verify_accuracy", "eval/questions",
-             "questions")]
+            (f"majority vote of {k}", "eval/majority_accuracy", "eval/questions", "questions"),
+            (f"self-verification of {k}", "eval/self_verify_accuracy", "eval/questions", "questions")]
     se = lambda m, key, n: math.sqrt(m[key] * (1 - m[key]) / max(1, m[n]))
     lines = [f"\nsummary ({args.mode}, {args.max_steps} steps, {seconds:.0f} s), step 0 -> step {end['step']}, "
              "± one standard error:"]
@@ -1179,16 +1102,28 @@ def summary(history, args, seconds):
 # Model text is NEVER evaluated: a small whitelist parser builds sympy objects directly, and whatever
 # could make sympy blow up is refused before sympy sees it: <=200 chars, <=100 tokens, nesting <=20,
 # no power whose value could exceed ~1000 digits, lcm(root indices) * digits(radicands) <= 300 (sympy
-# factors radicands), and expand() only when the result provably has <=100 terms. A 1 s wall-clock
-# budget is also checked between stages and, in the main thread with no timer armed, enforced by SIGALRM.
-# Above the scalar comparison sits a structural one (_shape): sets and solution lists, \pm, tuples,
-# intervals, vectors and matrices, compared part by part. Compared as normalised case-insensitive
-# strings only: inequalities, factorials, functions (\sin), multi-letter words. Deviation from LaTeX:
-# 2^10 means 2^{10} (what the model meant), not 2^1 0.
+# factors radicands). A 1 s wall-clock budget is also checked between stages and, in the main thread
+# with no timer armed, enforced by SIGALRM. Above the scalar comparison sits a structural one (_shape):
+# sets and solution lists, \pm, tuples, intervals, vectors and matrices, compared part by part.
+# Compared as normalised case-insensitive strings only: inequalities, factorials, functions (\sin),
+# multi-letter words. Deviation from LaTeX: 2^10 means 2^{10} (what the model meant), not 2^1 0.
+def answers_equal(a, b):
+    """True iff two bare answers are mathematically equal (as strings if not math). Never raises.
+
+    >>> answers_equal(r"\\frac{-1}{2}", "-0.5"), answers_equal("(x-1)(x+1)", "x^2-1")
+    (True, True)
+    >>> answers_equal(r"\\sqrt{8}", r"3\\sqrt2"), answers_equal("1/0", "1/0")
+    (False, False)
+    """
+    try:
+        with _sigalrm_limit(_VERIFY_BUDGET_S):
+            return bool(_answers_equal(a, b, time.monotonic() + _VERIFY_BUDGET_S))
+    except Exception:  # timeout, division by zero, anything unexpected: not equal
+        return False
 
 
 _ANS_MAX_CHARS, _ANS_MAX_TOKENS, _ANS_MAX_DEPTH = 200, 100, 20
-_ANS_MAX_DIGITS, _ANS_MAX_RADICAL, _ANS_MAX_TERMS = 1000, 300, 100  # see the bounds above
+_ANS_MAX_DIGITS, _ANS_MAX_RADICAL = 1000, 300  # see the bounds above
 _VERIFY_BUDGET_S = 1.0
 _EVALF_DIGITS, _EVALF_REL_TOL = 30, 1e-20  # the tolerance only absorbs evalf rounding, so
                                            # a decimal such as 3.14159265359 is NOT \pi
@@ -1459,24 +1394,12 @@ def _try_parse_answer(s):  # sympy expr, or None if s is not supported math
         return None
 
 
-# Equality: structural, then expand() when provably small, then numeric at 3 fixed points.
+# Equality of two sympy expressions: exactly at 3 fixed random points, or numerically where roots are.
 _points_rng = random.Random(1234)  # per point: a nonzero rational in [-6, 6] for each of 52 letters
 _EVAL_POINTS = [[sympy.Rational(_points_rng.choice((-1, 1)) * _points_rng.randint(1, 3000),
                                 _points_rng.randint(500, 1000)) for _ in range(52)]
                 for _ in range(3)]
 _UNDEFINED = (sympy.zoo, sympy.nan)
-
-
-def _expand_terms_bound(e, n=1):  # upper bound on the number of terms of expand(e**n), capped
-    t, cap = 1, _ANS_MAX_TERMS + 1
-    if e.is_Pow and e.exp.is_Rational:  # (x+1)^(7/2) expands like (x+1)^4 at worst
-        return _expand_terms_bound(e.base, math.ceil(abs(e.exp) * n))
-    if e.is_Add:  # multinomial count, times what each term can expand into
-        t = math.comb(n + len(e.args) - 1, len(e.args) - 1)
-    if e.is_Add or e.is_Mul:
-        for a in e.args:
-            t = min(cap, t * _expand_terms_bound(a, n))
-    return min(cap, t)
 
 
 def _check_deadline(deadline):
@@ -1489,21 +1412,13 @@ def _sympy_equal(a, b, deadline):
         return False
     if a == b:
         return True
-    if a.has(sympy.oo, -sympy.oo) or b.has(sympy.oo, -sympy.oo):
-        return False  # an infinity only equals itself (checked just above)
-    if a.is_Rational and b.is_Rational:
-        return False
+    if a.has(sympy.oo, -sympy.oo) or b.has(sympy.oo, -sympy.oo) or (a.is_Rational and b.is_Rational):
+        return False  # an infinity only equals itself, and two rationals are equal only if identical
     syms = sorted(a.free_symbols | b.free_symbols, key=str)
     exact = all(p.exp.is_Integer for p in (a - b).atoms(sympy.Pow))  # no roots: a rational function
-    if _expand_terms_bound(a) + _expand_terms_bound(b) <= _ANS_MAX_TERMS:
-        d = sympy.expand(a - b)
-        if d == 0:
-            return True
-        if exact and not d.has(sympy.pi) and d.is_polynomial(*syms):
-            return False  # a polynomial with rational coefficients is 0 iff expand() says so
-        _check_deadline(deadline)
-    # Rational functions are substituted exactly (so x^300 vs x^300+1 differ); anything with a
-    # root is evaluated numerically with evalf(subs=), which never builds (and factors) radicals.
+    # A rational function is substituted exactly (so x^300 vs x^300+1 differ); two different ones agree at
+    # 3 random rational points with probability ~0. Anything with a root is evaluated numerically with
+    # evalf(subs=), which never builds (and factors) radicals.
     for point in _EVAL_POINTS if syms else _EVAL_POINTS[:1]:
         _check_deadline(deadline)
         sub = dict(zip(syms, point))
@@ -1624,6 +1539,34 @@ def start_run(model, tokenizer, train_rows, eval_rows, args, log, resume=None):
     return run
 
 
+def question_batches(rows, batch_size, num_batches, rng):
+    """The questions of every step: a fresh shuffle per epoch, and never one question twice in a step
+    (it would get one merged group of 2n responses). Where a step straddles two epochs, a question
+    it already holds waits for the next step.
+
+    >>> [[r["id"] for r in b] for b in question_batches([{"id": i} for i in range(3)], 2, 3, random.Random(0))]
+    [[0, 2], [1, 2], [1, 0]]
+    """
+    if batch_size > len(rows):
+        raise SystemExit(f"error: --train_batch_size {batch_size} is more than the {len(rows)} training questions")
+    batches, pool = [], []
+    while len(batches) < num_batches:
+        if len(pool) < batch_size:
+            epoch = rows[:]
+            rng.shuffle(epoch)
+            pool += epoch
+        batch, ids, rest = [], set(), []
+        for r in pool:
+            if len(batch) < batch_size and r["id"] not in ids:
+                batch.append(r)
+                ids.add(r["id"])
+            else:
+                rest.append(r)
+        batches.append(batch)
+        pool = rest
+    return batches
+
+
 def save_run(run, model, tokenizer, step, args):
     """checkpoint-STEP of a run (save_checkpoint); returns its path."""
     state = {k: v for k, v in run["state"].items() if k != "rng"}
@@ -1684,11 +1627,12 @@ def read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def install_stop_handlers(stop):
-    """SIGINT/SIGTERM only set a flag: the step in flight finishes, then the loop checkpoints and
-    returns. A second Ctrl-C stops at once. (Signals can only be caught in the main thread.)"""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+@contextlib.contextmanager
+def stop_on_signals():
+    """Yields {"signal": None}; SIGINT/SIGTERM only set it, so the step in flight finishes, then the loop
+    checkpoints and returns. A second Ctrl-C stops at once. The old handlers come back on exit.
+    (Signals can only be caught in the main thread; elsewhere this does nothing.)"""
+    stop = {"signal": None}
 
     def on_signal(signum, frame):
         if stop["signal"] is not None:
@@ -1696,18 +1640,19 @@ def install_stop_handlers(stop):
         stop["signal"] = signum
         tqdm.write(f"received {signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
 
-    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def restore_stop_handlers(handlers):
-    for s, h in (handlers or {}).items():
-        signal.signal(s, h)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 # ============================================================================ Appendix C. Argument checks
-# PLUMBING: impossible settings fail at start-up, one line each (argparse prints 'error: ...', exits 2).
-def check_args(parser, args, argv):
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+# PLUMBING: impossible settings fail at start-up, one line each (argparse prints 'error: ...', exits 2);
+# then the defaults that depend on other flags are filled in.
+def check_args(parser, args):
     for flag, ours in (("steps_per_generation", "optimizer steps per step are --num_mini_batches"),
                        ("generation_batch_size", "a step generates all its completions; --generation_chunk_size "
                                                  "sequences per generate() call")):
@@ -1715,9 +1660,9 @@ def check_args(parser, args, argv):
             parser.error(f"--{flag} is TRL's, and gcrl has no such setting: {ours}")
     for name in ("max_steps", "train_batch_size", "num_generations", "num_iterations", "num_mini_batches",
                  "per_device_train_batch_size", "generation_chunk_size", "static_samples", "max_nonfinite_steps",
-                 "cold_start_questions",
-                 "num_critiques", "critique_batch_size", "cache_size", "max_completion_length", "max_prompt_length"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:  # None: a default filled in later
+                 "cold_start_questions", "num_critiques", "critique_batch_size", "cache_size",
+                 "max_completion_length", "max_prompt_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:  # None: a default filled in below
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
     for name in ("num_refinements", "eval_steps", "save_steps", "eval_size", "cold_start_steps", "beta",
                  "self_verify_samples"):
@@ -1729,8 +1674,8 @@ def check_args(parser, args, argv):
         parser.error(f"--epsilon must be in (0, 1) (got {args.epsilon})")
     if args.epsilon_high is not None and args.epsilon_high < args.epsilon:
         parser.error(f"--epsilon_high ({args.epsilon_high}) must not be below --epsilon ({args.epsilon})")
-    critique_flags = [f for f in ("--num_critiques", "--critique_batch_size", "--num_refinements", "--label_balance",
-                                  "--cache_size") if f in given]
+    critique_flags = [f"--{f}" for f in ("num_critiques", "critique_batch_size", "num_refinements", "label_balance",
+                                         "cache_size") if getattr(args, f) is not None]  # None: not given
     if args.mode == "grpo" and critique_flags:
         parser.error(f"{critique_flags[0]} has no effect with --mode grpo (no critiques); use --mode gcrl or critique")
     cache_flags = [f for f in critique_flags if f in ("--label_balance", "--cache_size")]
@@ -1741,10 +1686,32 @@ def check_args(parser, args, argv):
                      f"{args.train_batch_size * args.num_generations} responses of a step")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file, not a directory")
+    args.label_balance, args.num_refinements = args.label_balance or "filter", args.num_refinements or 0
+    args.max_prompt_length = args.max_prompt_length or 512 + 2 * args.max_completion_length
+    args.num_critiques = args.num_critiques or args.num_generations
+    args.critique_batch_size = args.critique_batch_size or args.train_batch_size
+    args.cache_size = args.cache_size or 4 * args.critique_batch_size
+    args.epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.model = resolve_model_name(args.model)  # printed at start-up as resolved
+    args.chat, args.rank, args.world = False, 0, 1  # chat: use_chat_template; rank, world: init_distributed
+    return args
 
 
 # ============================================================================ Appendix D. Supervised warm-up
 # PLUMBING: the paper cold-starts base models with SFT on distilled critiques, so they emit the verdict format.
+def cold_start(model, tokenizer, rows, args, log=print):
+    """--cold_start FILE: --cold_start_steps of SFT on its critiques, distilled from a stronger model;
+    --cold_start self: on the model's own (self_cold_start). Returns the examples trained on."""
+    if args.cold_start == "self":
+        return self_cold_start(model, tokenizer, rows, args, log)
+    examples = cold_start_examples(args.cold_start)
+    loss = sft(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, random.Random(args.seed),
+               chat=args.chat, log=log)
+    log(f"cold start: {args.cold_start_steps} SFT steps on {len(examples)} examples, final loss {loss:.3f}")
+    return examples
+
+
 def cold_start_examples(path):
     """--cold_start FILE: lines {"question", "response", "critique"} -> (critique prompt, critique) pairs."""
     examples = []
@@ -1768,30 +1735,27 @@ def self_cold_start(model, tokenizer, rows, args, log=print):
 
     def sample():  # (critique texts, verdicts, agrees with the verifier), pair-major
         texts = generate(model, tokenizer, prompts, m, args.max_completion_length, args.temperature,
-                         batch_size=args.generation_chunk_size, chat=args.chat)["texts"]
+                         batch_size=args.generation_chunk_size, chat=args.chat)["texts"] if pairs else []
         verdicts = [parse_verdict(t) for t in texts]
-        return texts, verdicts, [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
+        hits = [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
+        report = (f"no verdict {verdicts.count(None) / max(1, len(verdicts)):.3f}, balanced critique accuracy "
+                  f"{sum(hits) / max(1, len(hits)):.3f}")
+        return texts, verdicts, hits, report
 
-    def report(verdicts, hits):
-        return f"no verdict {verdicts.count(None) / max(1, len(verdicts)):.3f}, balanced critique accuracy " \
-               f"{sum(hits) / max(1, len(hits)):.3f}"
-
-    texts, verdicts, hits = sample() if pairs else ([], [], [])
+    texts, verdicts, hits, before = sample()
     kept = {"right": [], "wrong": []}
     for j, (text, verdict, hit) in enumerate(zip(texts, verdicts, hits)):
         if hit:
             kept[verdict].append((prompts[j // m], text))
     n = min(len(kept["right"]), len(kept["wrong"]))
-    before = report(verdicts, hits)
     if n == 0:
         log(f"self cold start: skipped, nothing to learn from ({len(pairs)} balanced pairs, {before})")
         return []
     examples = rng.sample(kept["right"], n) + rng.sample(kept["wrong"], n)  # balanced verdicts
     sft(model, tokenizer, examples, args.cold_start_steps, args.cold_start_lr, rng, chat=args.chat, log=log)
-    after = report(*sample()[1:])
     log(f"self cold start: {len(pairs)} balanced pairs from {len(rows)} training questions, {m} critiques each; "
         f"kept {2 * n} ({n} 'right', {n} 'wrong' verdicts), {args.cold_start_steps} SFT steps\n"
-        f"  sampled critiques of those pairs, before: {before}; after: {after}")
+        f"  sampled critiques of those pairs, before: {before}; after: {sample()[3]}")
     return examples
 
 
@@ -1821,11 +1785,10 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
     later call with the same checkpoint_dir continues from there.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
     # prompts tokenised as generate() does (BOS etc. unless a chat template holds them); targets plain
-    enc_prompt = lambda s: tokenizer(render_prompt(tokenizer, s, chat), add_special_tokens=not chat).input_ids
-    encode = lambda exs: [{"prompt_ids": enc_prompt(p), "completion_ids": enc(t) + [tokenizer.eos_token_id]}
-                          for p, t in exs]
+    encode = lambda exs: [{"prompt_ids": tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=not chat)
+                           .input_ids, "completion_ids": tokenizer(t, add_special_tokens=False).input_ids
+                           + [tokenizer.eos_token_id]} for p, t in exs]
     data, first = encode(examples), encode(first_examples or [])
     start, loss = 0, float("nan")
     if checkpoint_dir and os.path.isfile(os.path.join(checkpoint_dir, "trainer_state.pt")):
@@ -1835,10 +1798,8 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
         rng.setstate(state["python_rng"])
         start, loss = state["step"], state["loss"]
         log(f"cold start: continuing from step {start} ({checkpoint_dir})")
-    stop = {"signal": None}
-    handlers = install_stop_handlers(stop) if checkpoint_dir else None
     model.train()
-    try:
+    with stop_on_signals() if checkpoint_dir else contextlib.nullcontext({"signal": None}) as stop:
         bar = tqdm(range(start, steps), desc="cold start", leave=False, dynamic_ncols=True, initial=start, total=steps,
                    disable=process_rank() > 0)
         for step in bar:
@@ -1857,8 +1818,6 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
                                 {"step": done, "loss": loss, "python_rng": rng.getstate()})
             if stop["signal"] is not None:
                 raise SystemExit(f"cold start stopped at step {done} of {steps}; the same command continues it")
-    finally:
-        restore_stop_handlers(handlers)
     return loss
 
 

@@ -3,6 +3,7 @@
     pytest -q test_gcrl.py
 """
 import builtins
+import contextlib
 import copy
 import json
 import math
@@ -1074,8 +1075,9 @@ def test_an_interrupted_warm_up_continues_exactly_where_it_stopped(tmp_path, tok
     part = tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=0)
     calls, backward = [], gcrl.sft_backward
     monkeypatch.setattr(gcrl, "sft_backward", lambda *a: calls.append(1) or backward(*a))
-    handlers = {}
-    monkeypatch.setattr(gcrl, "install_stop_handlers", lambda stop: handlers.update(stop=stop))  # installs nothing
+    handlers = {}  # installs nothing: each call gets a fresh stop flag, kept here
+    monkeypatch.setattr(gcrl, "stop_on_signals", lambda: contextlib.nullcontext(handlers.update(stop={"signal": None})
+                                                                                 or handlers["stop"]))
     real_step = torch.optim.AdamW.step
 
     def step_then_ctrl_c(self, *a, **k):  # Ctrl-C arrives during the 4th step
