@@ -26,13 +26,14 @@ are in that group too (the mixed group), so the critiques' rewards move the resp
 as well. At step 1, describe_step prints one such group with each sample's reward and advantage.
 Where the paper is silent this file makes a choice, marked "(choice)": the groups above; no
 parsable verdict earns 0; p in Eq. 3 is an EMA of the response accuracy; a full cache drops its
-oldest pairs; refinements (Eq. 4) score critiques and are not trained; a critique weighs in the
-loss as much as a response; truncated completions are trained on (as TRL's default).
+oldest pairs; refinements (Eq. 4) score critiques and are not trained; critiques and responses
+are weighed alike in the loss; truncated completions are trained on (as TRL's default).
 Simplifications against a production trainer (verl, TRL): rollout with HF generate, not vLLM; no
 sequence packing; no tensor parallelism; the data set fits in memory. §0-1 set up, §2-11 are the
 method and its loop, §12 evaluates, §13 runs it. The appendices are plumbing a reader may skip:
-verifier internals, checkpoints and signals, argument checks, the supervised warm-up, several
-processes (whose helpers, e.g. lockstep and all_reduce, do nothing in a single process).
+A verifier internals, B checkpoints and signals, C argument checks, D the supervised warm-up,
+E several processes (its lockstep and all_reduce do nothing in a single process), F padded batches
+and log-probs.
 """
 import argparse
 import collections
@@ -369,12 +370,6 @@ def verify(response, gold):
 
 
 # ============================================================================ 4. First-order rollout
-def autocast(model):
-    """bf16 autocast for forward passes on CUDA (weights stay fp32); a no-op on CPU."""
-    device = next(model.parameters()).device
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=1.0, greedy=False,
              batch_size=256, chat=False):
@@ -419,19 +414,6 @@ def generate(model, tokenizer, prompts, num_samples, max_new_tokens, temperature
         model.generation_config = own_config
         model.train(was_training)
     return out
-
-
-def completion_lengths(completions, eos_id):
-    """Tokens to keep per row: up to and including the first EOS, or all of a truncated row.
-
-    Found from EOS positions, never from pad-id equality: Qwen's pad token IS its EOS token.
-    >>> completion_lengths(torch.tensor([[5, 0, 0], [5, 6, 7]]), eos_id=0)
-    ([2, 3], [False, True])
-    """
-    is_eos = completions == eos_id
-    has_eos = is_eos.any(1)
-    lengths = torch.where(has_eos, is_eos.int().argmax(1) + 1, completions.shape[1])
-    return lengths.tolist(), (~has_eos).tolist()
 
 
 def first_order_rollout(model, tokenizer, batch, args):
@@ -661,48 +643,8 @@ def group_stats(rewards, group_ids):
 
 
 # ============================================================================ 9. Loss and update
-def collate(prompt_ids, completion_ids, pad_id, device):
-    """Left-pad prompts and right-pad completions into one batch, as generate saw them.
-
-    [[5,6],[7]] + [[1,2,eos],[3]] ->
-      input_ids        [[5,6,1,2,eos], [pad,7,3,pad,pad]]
-      attention_mask   [[1,1,1,1,1],   [0,1,1,0,0]]
-      completion_mask  [[1,1,1],       [1,0,0]]        shape (B, C)
-    """
-    P, C = max(map(len, prompt_ids)), max(map(len, completion_ids))
-    ids, attn, cmask = [], [], []
-    for p, c in zip(prompt_ids, completion_ids):
-        ids.append([pad_id] * (P - len(p)) + p + c + [pad_id] * (C - len(c)))
-        attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * (C - len(c)))
-        cmask.append([1] * len(c) + [0] * (C - len(c)))
-    return [torch.tensor(x, dtype=torch.long, device=device) for x in (ids, attn, cmask)]
-
-
-def completion_logprobs(model, input_ids, attention_mask, num_completion_tokens, temperature=1.0):
-    """log pi(o_t | q, o_<t) for the last C tokens only; the log-softmax in fp32. Shape (B, C).
-
-    logits_to_keep skips the LM head on prompt tokens; positions come from the mask so
-    left padding does not shift them (what generate does).
-    """
-    C = num_completion_tokens
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    with autocast(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       logits_to_keep=C + 1).logits[:, :-1]                               # (B, C, V)
-    targets = input_ids[:, -C:]                                                          # (B, C)
-    rows = []  # row by row: a (B, C, V) fp32 log-softmax would not fit for a 150k vocabulary
-    for lg, tg in zip(logits, targets):
-        lg = lg.float() / temperature                                                    # (C, V)
-        rows.append(lg.gather(-1, tg[:, None]).squeeze(-1) - torch.logsumexp(lg, -1))   # (C,)
-    return torch.stack(rows)
-
-
-def batch_logprobs(model, batch, pad_id, device, temperature):
-    """completion_logprobs of a list of samples: ((B, C) log-probs, (B, C) completion mask)."""
-    ids, attn, cmask = collate([s["prompt_ids"] for s in batch], [s["completion_ids"] for s in batch], pad_id, device)
-    return completion_logprobs(model, ids, attn, cmask.shape[1], temperature), cmask
-
-
+# log pi of each completion token comes from batch_logprobs (Appendix F): shape (B, C), B sequences
+# of a micro-batch, C = its longest completion, with a (B, C) mask of the real tokens.
 def aggregate_loss(per_token, mask, loss_type, num_seqs, num_tokens, max_completion_length):
     """Every loss normalisation behind one switch (as verl's agg_loss).
 
@@ -751,12 +693,6 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, epsilon, epsilon_hig
         per_token = per_token + beta * kl
         stats["kl"] = (kl.detach() * mf).sum().item()
     return aggregate_loss(per_token, mask, loss_type, num_seqs, num_tokens, max_completion_length), stats
-
-
-def micro_batches(samples, size):
-    """Sort by length, then chunk: sequences of similar length share a batch, so little padding."""
-    order = sorted(samples, key=lambda s: len(s["prompt_ids"]) + len(s["completion_ids"]))
-    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def frozen_logprobs(model, samples, key, args, pad_id):
@@ -1940,6 +1876,76 @@ def save_model(model, tokenizer, path):
         getattr(model, "module", model).save_pretrained(path, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+
+
+# ============================================================================ Appendix F. Batches and log-probs
+# PLUMBING: completions cut at EOS, sequences of different lengths padded into tensors, and log pi of
+# their completion tokens, under bf16 autocast on CUDA.
+def autocast(model):
+    """bf16 autocast for forward passes on CUDA (weights stay fp32); a no-op on CPU."""
+    device = next(model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def completion_lengths(completions, eos_id):
+    """Tokens to keep per row: up to and including the first EOS, or all of a truncated row.
+
+    Found from EOS positions, never from pad-id equality: Qwen's pad token IS its EOS token.
+    >>> completion_lengths(torch.tensor([[5, 0, 0], [5, 6, 7]]), eos_id=0)
+    ([2, 3], [False, True])
+    """
+    is_eos = completions == eos_id
+    has_eos = is_eos.any(1)
+    lengths = torch.where(has_eos, is_eos.int().argmax(1) + 1, completions.shape[1])
+    return lengths.tolist(), (~has_eos).tolist()
+
+
+def collate(prompt_ids, completion_ids, pad_id, device):
+    """Left-pad prompts and right-pad completions into one batch, as generate saw them.
+
+    [[5,6],[7]] + [[1,2,eos],[3]] ->
+      input_ids        [[5,6,1,2,eos], [pad,7,3,pad,pad]]
+      attention_mask   [[1,1,1,1,1],   [0,1,1,0,0]]
+      completion_mask  [[1,1,1],       [1,0,0]]        shape (B, C)
+    """
+    P, C = max(map(len, prompt_ids)), max(map(len, completion_ids))
+    ids, attn, cmask = [], [], []
+    for p, c in zip(prompt_ids, completion_ids):
+        ids.append([pad_id] * (P - len(p)) + p + c + [pad_id] * (C - len(c)))
+        attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * (C - len(c)))
+        cmask.append([1] * len(c) + [0] * (C - len(c)))
+    return [torch.tensor(x, dtype=torch.long, device=device) for x in (ids, attn, cmask)]
+
+
+def completion_logprobs(model, input_ids, attention_mask, num_completion_tokens, temperature=1.0):
+    """log pi(o_t | q, o_<t) for the last C tokens only; the log-softmax in fp32. Shape (B, C).
+
+    logits_to_keep skips the LM head on prompt tokens; positions come from the mask so
+    left padding does not shift them (what generate does).
+    """
+    C = num_completion_tokens
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with autocast(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=C + 1).logits[:, :-1]                               # (B, C, V)
+    targets = input_ids[:, -C:]                                                          # (B, C)
+    rows = []  # row by row: a (B, C, V) fp32 log-softmax would not fit for a 150k vocabulary
+    for lg, tg in zip(logits, targets):
+        lg = lg.float() / temperature                                                    # (C, V)
+        rows.append(lg.gather(-1, tg[:, None]).squeeze(-1) - torch.logsumexp(lg, -1))   # (C,)
+    return torch.stack(rows)
+
+
+def batch_logprobs(model, batch, pad_id, device, temperature):
+    """completion_logprobs of a list of samples: ((B, C) log-probs, (B, C) completion mask)."""
+    ids, attn, cmask = collate([s["prompt_ids"] for s in batch], [s["completion_ids"] for s in batch], pad_id, device)
+    return completion_logprobs(model, ids, attn, cmask.shape[1], temperature), cmask
+
+
+def micro_batches(samples, size):
+    """Sort by length, then chunk: sequences of similar length share a batch, so little padding."""
+    order = sorted(samples, key=lambda s: len(s["prompt_ids"]) + len(s["completion_ids"]))
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 if __name__ == "__main__":
