@@ -737,7 +737,7 @@ def policy_update(model, ref_model, optimizer, samples, args, pad_id, rng):
 
 def mini_batch_step(model, optimizer, mini, spare, args, pad_id, on_policy):
     """One optimizer step on a mini-batch, its gradient accumulated over micro-batches. spare: a
-    sample for the dummy passes FSDP needs from a process with fewer micro-batches (Appendix E)."""
+    sample for the dummy passes DDP and FSDP need from a process with fewer micro-batches (Appendix E)."""
     device, stats = next(model.parameters()).device, collections.Counter()
     batches = lockstep(model, micro_batches(mini, args.per_device_train_batch_size))
     if not batches:
@@ -1762,8 +1762,9 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
 # takes its share of a step's questions with its own cache, so a question's mixed group stays on one
 # process and advantages need no communication. Loss shares use global counts, so the gradient is the
 # whole batch's (DDP and FSDP2 average the processes' gradients, so each share is scaled by their
-# number to make that average a sum). With FSDP every forward pass needs every process, so generate()
-# and the update pad their calls to the same count (lockstep).
+# number to make that average a sum). Processes hold different numbers of critiques, yet every forward
+# pass of a DDP or FSDP model is a collective that needs every process: the update (and generate(), with
+# FSDP) pad their calls to the same count (lockstep).
 def init_distributed(args):
     """Join the process group torchrun describes in the environment; a plain `python gcrl.py` has none."""
     args.rank, args.world = 0, 1
@@ -1832,9 +1833,10 @@ def all_reduce(values, op="sum"):
 
 
 def lockstep(model, chunks):
-    """With FSDP every process must run every forward pass: pad the list of chunks with None to the
-    longest list of any process (for a None the caller runs a dummy pass and discards it)."""
-    if not sharded(model):
+    """With DDP or FSDP every process must run as many forward passes: pad the list of chunks with None
+    to the longest list of any process (for a None the caller runs a dummy pass and discards it). A
+    plain module (one process, a frozen reference, or what generate() runs under DDP) needs none."""
+    if not (sharded(model) or distributed() and hasattr(model, "module")):  # DDP wraps the model as .module
         return chunks
     return chunks + [None] * (int(all_reduce([len(chunks)], "max")[0]) - len(chunks))
 

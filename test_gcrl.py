@@ -5,6 +5,7 @@
 import builtins
 import contextlib
 import copy
+import datetime
 import json
 import math
 import os
@@ -92,36 +93,6 @@ def test_defaults_follow_trl_names_and_fill_in():
     real = gcrl.parse_args(["--model", "Qwen2.5-0.5B"])
     assert real.learning_rate == 1e-6 and real.max_completion_length == 1024 and real.eval_size == 200
     assert real.self_verify_samples == 0 and real.max_prompt_length == 512 + 2 * 1024
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--num_generations", "0"], "--num_generations must be at least 1"),
-    (["--max_steps", "-1"], "--max_steps must be at least 1"),
-    (["--beta", "-0.1"], "--beta must not be negative"),
-    (["--epsilon", "0.2", "--epsilon_high", "0.1"], "--epsilon_high (0.1) must not be below --epsilon (0.2)"),
-    (["--mode", "grpo", "--num_critiques", "4"], "--num_critiques has no effect with --mode grpo"),
-    (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--num_mini_batches", "2"],
-     "does not divide the 9 responses"),
-    (["--temperature", "0"], "--temperature must be positive"),
-    (["--steps_per_generation", "4"], "optimizer steps per step are --num_mini_batches"),  # TRL's flags, not ours
-    (["--generation_batch_size", "64"], "--generation_chunk_size sequences per generate() call"),
-    (["--mode", "critique", "--label_balance", "random"], "--label_balance has no effect with --mode critique"),
-    (["--mode", "grpo", "--label_balance", "filter"], "--label_balance has no effect with --mode grpo"),  # default too
-])
-def test_impossible_settings_fail_with_one_line(capsys, argv, message):
-    with pytest.raises(SystemExit) as e:
-        gcrl.parse_args(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1]
-
-
-def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
-    f = tmp_path / "taken"
-    f.write_text("x")
-    with pytest.raises(SystemExit):
-        gcrl.parse_args(["--output_dir", str(f)])
-    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- 1. data and model
@@ -494,6 +465,28 @@ def test_cache_takes_the_filters_pairs_drops_the_oldest_and_samples_without_repl
     b = gcrl.sample_from_cache(cache, 3, rng)
     assert len(a) == 3 and len(b) == 1 and not cache
     assert sorted(a + b) == sorted([(0, "r00", True), (1, "r10", True)] + [p for p in a + b if not p[2]])
+
+
+# ---------------------------------------------------------------------------- 6. second-order rollout
+def test_second_order_rollout_scores_m_critiques_per_pair_in_pair_major_order(tok, monkeypatch):
+    canned = ["Conclusion: right [END]", "Conclusion: wrong [END]", "no verdict"]
+
+    def fake_generate(model, tokenizer, prompts, n, *a, **k):  # prompt i's j-th critique: canned[(i + j) % 3]
+        texts = [canned[(i + j) % 3] for i in range(len(prompts)) for j in range(n)]
+        return {"texts": texts, "prompt_ids": [[1]] * len(texts), "completion_ids": [[2, 3]] * len(texts)}
+
+    monkeypatch.setattr(gcrl, "generate", fake_generate)
+    args = gcrl.parse_args(["--num_critiques", "3", "--device", "cpu"])
+    pairs, questions = [(5, "r5", True), (7, "r7", False)], {5: {"question": "q5"}, 7: {"question": "q7"}}
+    samples, m = gcrl.second_order_rollout(None, tok, pairs, questions, args)
+    assert [s["pair"] for s in samples] == [pairs[0]] * 3 + [pairs[1]] * 3  # pair 0's 3 critiques, then pair 1's
+    assert [s["verdict"] for s in samples] == ["right", "wrong", None, "wrong", None, "right"]
+    assert [s["reward"] for s in samples] == [0.7, 0.0, 0.0, 0.7, 0.0, 0.0]  # Eq. 2 against each pair's label
+    assert [s["group"] for s in samples] == [5, 5, 5, 7, 7, 7]  # its question's group
+    assert m["critique/accuracy"] == m["critique/right_rate"] == m["critique/no_verdict_rate"] == 2 / 6
+    assert m["critique/label_right_rate"] == 0.5
+    args.group_by = "prompt"
+    assert [s["group"] for s in gcrl.second_order_rollout(None, tok, pairs, questions, args)[0]] == [-1] * 3 + [-2] * 3
 
 
 # ---------------------------------------------------------------------------- 7. rewards
@@ -1060,6 +1053,37 @@ def test_zero_variance_step_leaves_weights_and_adam_state_intact(tok, warm_model
     assert all(torch.equal(state["state"][k]["exp_avg"], after[k]["exp_avg"]) for k in after)
 
 
+# ---------------------------------------------------------------------------- C. argument checks
+@pytest.mark.parametrize("argv, message", [
+    (["--num_generations", "0"], "--num_generations must be at least 1"),
+    (["--max_steps", "-1"], "--max_steps must be at least 1"),
+    (["--beta", "-0.1"], "--beta must not be negative"),
+    (["--epsilon", "0.2", "--epsilon_high", "0.1"], "--epsilon_high (0.1) must not be below --epsilon (0.2)"),
+    (["--mode", "grpo", "--num_critiques", "4"], "--num_critiques has no effect with --mode grpo"),
+    (["--mode", "grpo", "--train_batch_size", "3", "--num_generations", "3", "--num_mini_batches", "2"],
+     "does not divide the 9 responses"),
+    (["--temperature", "0"], "--temperature must be positive"),
+    (["--steps_per_generation", "4"], "optimizer steps per step are --num_mini_batches"),  # TRL's flags, not ours
+    (["--generation_batch_size", "64"], "--generation_chunk_size sequences per generate() call"),
+    (["--mode", "critique", "--label_balance", "random"], "--label_balance has no effect with --mode critique"),
+    (["--mode", "grpo", "--label_balance", "filter"], "--label_balance has no effect with --mode grpo"),  # default too
+])
+def test_impossible_settings_fail_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        gcrl.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    with pytest.raises(SystemExit):
+        gcrl.parse_args(["--output_dir", str(f)])
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------- D. supervised warm-up
 def test_sft_micro_batches_give_the_gradient_of_one_batch(tok, easy_rows):
     model = tiny_model.build_model(tok, hidden_size=32, num_layers=1, seed=0)
@@ -1178,24 +1202,30 @@ def _fixed_samples(tok):
              "advantage": [1.0, -0.5, 0.7, -1.2, 0.3, 2.0, -0.8, -0.4][i]} for i, t in enumerate(texts)]
 
 
+UPDATES = {"grpo": ["--loss_type", "grpo"], "dapo": ["--loss_type", "dapo", "--num_iterations", "2"]}  # dapo: off-policy
+
+
 def _updates_in_process(rank, world, rdzv, weights, out):
     """One process of a gloo group: for each loss type under DDP and under FSDP2, its share of the fixed
-    samples and one update from the same weights, saved; then generate() with uneven work under FSDP."""
+    samples (7 here, 1 there: 3 micro-batches against 1) and one update from the same weights, saved;
+    then generate() with uneven work under FSDP."""
     import torch.distributed as dist
     from transformers import GenerationConfig
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))  # unmatched collectives: an error, not a hang
     tok = tiny_model.build_tokenizer()
     for loss_type in ("grpo", "dapo"):
         for fsdp in (False, True):
             model = tiny_model.build_model(tok, hidden_size=32, num_layers=2)
             model.load_state_dict(torch.load(weights))
-            args = gcrl.parse_args(["--loss_type", loss_type, "--per_device_train_batch_size", "3"]
+            args = gcrl.parse_args(UPDATES[loss_type] + ["--per_device_train_batch_size", "3"]
                                    + (["--fsdp"] if fsdp else []))
             args.rank, args.world = rank, world
             model = gcrl.wrap_model(model, args)
             gcrl.policy_update(model, None, torch.optim.SGD(model.parameters(), lr=0.5),
-                               _fixed_samples(tok)[rank::world], args, tok.pad_token_id, random.Random(0))
+                               _fixed_samples(tok)[:7] if rank == 0 else _fixed_samples(tok)[7:], args,
+                               tok.pad_token_id, random.Random(0))
             gcrl.save_model(model, None, f"{out}/{loss_type}-{fsdp}")
     model.generation_config = GenerationConfig()  # FSDP: 3 prompts here, 1 there, one a call: no deadlock
     texts = gcrl.generate(model, tok, ["1+1", "2+2", "3+3"][:3 - 2 * rank], 1, 6, batch_size=1)["texts"]
@@ -1205,8 +1235,9 @@ def _updates_in_process(rank, world, rdzv, weights, out):
 
 
 def test_two_processes_update_exactly_like_one_on_the_global_batch(tmp_path, tok):
-    """Each process has half the samples (uneven micro-batches); grpo and dapo, DDP and FSDP2: the
-    weights after one update equal the single-process update on all the samples, to 1e-6."""
+    """The processes hold uneven shares of the samples, as they hold uneven numbers of critiques; grpo
+    and dapo (off-policy), DDP and FSDP2: the weights after the update equal the single-process update
+    on all the samples, to 1e-6."""
     import torch.multiprocessing as mp
     from transformers import AutoModelForCausalLM
     start = tiny_model.build_model(tok, hidden_size=32, num_layers=2, seed=3)
@@ -1215,7 +1246,7 @@ def test_two_processes_update_exactly_like_one_on_the_global_batch(tmp_path, tok
     for loss_type in ("grpo", "dapo"):
         one = copy.deepcopy(start)  # one process, every sample
         gcrl.policy_update(one, None, torch.optim.SGD(one.parameters(), lr=0.5), _fixed_samples(tok),
-                           gcrl.parse_args(["--loss_type", loss_type, "--per_device_train_batch_size", "3"]),
+                           gcrl.parse_args(UPDATES[loss_type] + ["--per_device_train_batch_size", "3"]),
                            tok.pad_token_id, random.Random(0))
         moved = max((p - q).abs().max().item() for p, q in zip(one.parameters(), start.parameters()))
         for fsdp in (False, True):
