@@ -13,7 +13,8 @@ the critiqued response was right. Responses and critiques are trained together i
     torchrun --nproc_per_node 8 gcrl.py --model ... [--fsdp]    # several GPUs (Appendix E)
     python gcrl.py --help                   # every flag
 
-One step, rl_step (§10), is the paper's Fig. 2 (§ and Appendix name parts of this file):
+One step, rl_step (§10), is the paper's Fig. 2 (§N and Appendix X are parts of this file; "paper
+section N" is the paper's); by default 16 questions x 8 responses, then 16 pairs x 8 critiques:
   1. first-order rollout: n responses per question                                         §4
   2. each response rewarded by the verifier, R(r) = 1 or 0 (Eq. 1)                         §3, §4
   3. data filter: a question with right AND wrong responses puts two pairs (question,
@@ -21,9 +22,10 @@ One step, rl_step (§10), is the paper's Fig. 2 (§ and Appendix name parts of t
   4. second-order rollout: m critiques of each pair drawn from the cache                   §5, §6
   5. each critique rewarded by its verdict against the label (Eq. 2, or Eq. 3; + Eq. 4)    §6, §7
   6. GRPO advantages within groups, then one PPO-clip update on responses and critiques    §8, §9
-A critique joins its question's group; if its pair was cached this step, the question's responses
-are in that group too (the mixed group), so the critiques' rewards move the responses' advantages
-as well. At step 1, describe_step prints one such group with each sample's reward and advantage.
+A critique's group is its question's; when that question is in this step's batch too (always so for
+a pair cached this step), its responses share the group (the mixed group). Then the critiques'
+rewards move the responses' advantages too, and a right critique (0.7) ranks below right responses
+(1). At step 1, describe_step prints one such group with each sample's reward and advantage.
 Where the paper is silent this file makes a choice, marked "(choice)": the groups above; no
 parsable verdict earns 0; p in Eq. 3 is an EMA of the response accuracy; a full cache drops its
 oldest pairs; refinements (Eq. 4) score critiques and are not trained; critiques and responses
@@ -62,17 +64,22 @@ DEMO_MODEL = os.path.join(TINY, "tiny-model")  # written by tiny_tasks/tiny_mode
 
 # ============================================================================ 0. Config
 # `python gcrl.py` with no --model is the demo: the shipped tiny model, and settings chosen for it on
-# tiny_tasks/arith_dev.jsonl (never on the test questions). Every other default is for real models.
+# tiny_tasks/arith_dev.jsonl (never on the test questions). Every other default is for real models
+# (their built-in data: multi-step arithmetic, tiny_tasks/multistep_*.jsonl).
 DEMO = dict(model=DEMO_MODEL, dataset=os.path.join(TINY, "arith_train.jsonl"),
             eval_dataset=os.path.join(TINY, "arith_test.jsonl"), eval_size=300, max_steps=100, learning_rate=3e-5,
             per_device_train_batch_size=16, max_completion_length=64, eval_steps=0, self_verify_samples=8)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # a default of None is explained in the help text itself
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     """All flags in one place. Names follow TRL's GRPOConfig where TRL has the flag, with its meaning."""
     p = argparse.ArgumentParser(description="GC-RL: GRPO with second-order (critique) rollout. Without --model: "
-                                "the demo, with the defaults of gcrl.DEMO.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "the demo, with the defaults of gcrl.DEMO.", formatter_class=HelpFormatter)
     a = p.add_argument
     # what to train
     a("--model", default=None, help="HF hub id, Qwen shorthand (Qwen2.5-0.5B) or local directory; none: the demo")
@@ -125,7 +132,8 @@ def parse_args(argv=None):
     a("--use_bias_correction_kl", action=argparse.BooleanOptionalAction, default=False,
       help="TRL's: the k3 KL times pi/pi_old; off: verl's low_var_kl, the paper's (k3 clamped at 10)")
     a("--num_iterations", type=int, default=1, help="passes over each step's samples (PPO epochs)")
-    a("--num_mini_batches", type=int, default=1, help="optimizer steps per RL step (verl's mini-batches)")
+    a("--num_mini_batches", type=int, default=1, help="optimizer steps per pass over a step's samples (verl's "
+      "mini-batches)")
     a("--per_device_train_batch_size", type=int, default=8, help="sequences per forward/backward")
     a("--learning_rate", type=float, default=1e-6, help="AdamW learning rate (the paper's)")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping")
@@ -321,8 +329,8 @@ def parse_verdict(critique):
     return None if last is None else last.group(1).lower()
 
 
-def verdict_is_right(verdict, response_correct):
-    """A critique's verdict agrees with the verifier: 'right' on a correct response, 'wrong' on a wrong one."""
+def verdict_agrees(verdict, response_correct):
+    """Is the critique correct: its verdict 'right' on a correct response, 'wrong' on a wrong one?"""
     return verdict == ("right" if response_correct else "wrong")
 
 
@@ -530,7 +538,7 @@ def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=Non
                         "text": text, "verdict": verdict, "pair": pairs[j // m], "reward": reward,
                         "prompt_ids": crit["prompt_ids"][j], "completion_ids": crit["completion_ids"][j]})
     if samples:
-        hits = [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
+        hits = [verdict_agrees(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
         metrics.update({"critique/reward": sum(s["reward"] for s in samples) / len(samples),
                         "critique/accuracy": sum(hits) / len(hits),
                         "critique/right_rate": verdicts.count("right") / len(verdicts),
@@ -541,9 +549,9 @@ def second_order_rollout(model, tokenizer, pairs, questions, args, p_correct=Non
 
 
 def refinement_votes(model, tokenizer, pairs, questions, critiques, args):
-    """Vote denoising (paper section 5.2): k/n_ref of the refinements written after each critique
-    that the verifier accepts. Returns (one fraction per critique, generate()'s dict). A critique
-    whose refinement prompt is too long (prompt_fits) gets no refinements and a vote of 0."""
+    """Vote denoising (paper section 5.2): after each critique, n_ref refinements (corrected solutions);
+    its vote is k/n_ref, the share of them that the verifier accepts. Returns (one vote per critique,
+    generate()'s dict). A critique whose refinement prompt is too long (prompt_fits) gets none, vote 0."""
     m, n_ref = args.num_critiques, args.num_refinements
     prompts = [refine_prompt(questions[pairs[j // m][0]]["question"], pairs[j // m][1], c)
                for j, c in enumerate(critiques)]
@@ -602,10 +610,11 @@ def reweight_p(p_correct, label_balance):
 
 # ============================================================================ 8. Advantages
 def critique_group(question_id, pair_index, group_by):
-    """A critique's GRPO group (choice): its question's, the mixed group when the pair was cached this
-    step (else one of critiques only); or, with --group_by prompt, its own pair's (ids below 0, never a
-    question's). In a mixed group a right critique (0.7) sits below right responses (1): when most
-    responses are right, even a right critique gets a negative advantage, only a smaller one."""
+    """A critique's GRPO group (choice): its question's id, so it shares the group with that question's
+    responses when they are in this step too (the mixed group; else a group of critiques only); or,
+    with --group_by prompt, its own pair's (ids below 0, never a question's). In a mixed group a right
+    critique (0.7) sits below right responses (1): where most responses are right, even a right
+    critique gets a negative advantage, only a smaller one than a wrong critique."""
     return question_id if group_by == "question" else -1 - pair_index
 
 
@@ -618,6 +627,8 @@ def grpo_advantages(rewards, group_ids, scale_rewards="group", eps=1e-4):
 
     >>> grpo_advantages(torch.tensor([1., 0., 0.7, 0.7]), torch.tensor([0, 0, 1, 1]))
     tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
+    >>> grpo_advantages(torch.tensor([1., 0., 0., 0., 0.7, 0.]), torch.zeros(6))  # 4 responses, 2 critiques
+    tensor([ 1.5955, -0.6308, -0.6308, -0.6308,  0.9276, -0.6308])
     """
     rewards = rewards.float()
     _, g = torch.unique(group_ids, return_inverse=True)                              # (N,) group index
@@ -771,7 +782,7 @@ def mini_batch_step(model, optimizer, mini, spare, args, pad_id, on_policy):
 # ============================================================================ 10. One RL step
 def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, args):
     """One GC-RL step, Fig. 2: first-order rollout -> filter and cache -> second-order rollout ->
-    mixed-group advantages -> the GRPO update (--num_mini_batches optimizer steps). Returns
+    mixed-group advantages -> the GRPO update (num_iterations x num_mini_batches optimizer steps). Returns
     (samples, metrics). A sample is one completion to train on, a dict:
       kind "response" | "critique", question (id), group, text, prompt_ids, completion_ids, reward;
       a critique also: verdict, pair (question_id, response_text, response_correct);
@@ -796,12 +807,13 @@ def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, arg
         if pairs or distributed():  # every process enters generate(): with FSDP each forward needs all
             critiques, rollout = second_order_rollout(model, tokenizer, pairs, questions, args,
                                                       reweight_p(state["p_correct"], args.label_balance))
-            with_responses = {s["group"] for s in samples}
-            rollout["critique/mixed_group_rate"] = sum(c["group"] in with_responses for c in critiques) / max(
-                1, len(critiques))  # the share of critiques whose group holds this step's responses too
+            with_responses = {s["group"] for s in samples}  # a critique in one of these is in a mixed group
+            if critiques:
+                rollout["critique/mixed_group_rate"] = sum(c["group"] in with_responses for c in critiques) / len(
+                    critiques)
             samples += critiques
             metrics.update(rollout)
-    if samples:  # 6. advantages within each (mixed) group, then the update on everything
+    if samples:  # 6. advantages within each group (a group id is a question's: responses and critiques mix)
         R = torch.tensor([s["reward"] for s in samples])                                # (N,)
         G = torch.tensor([s["group"] for s in samples])                                 # (N,)
         for s, adv in zip(samples, grpo_advantages(R, G, args.scale_rewards).tolist()):
@@ -906,7 +918,7 @@ def evaluate(model, tokenizer, eval_rows, critique_set, args):
             crit = generate(model, tokenizer, prompts, 1, args.max_completion_length, greedy=True,
                             batch_size=args.generation_chunk_size, chat=args.chat)
             verdicts = [parse_verdict(t) for t in crit["texts"]]
-            hits = [verdict_is_right(v, ok) for v, (_, _, ok) in zip(verdicts, critique_set)]
+            hits = [verdict_agrees(v, ok) for v, (_, _, ok) in zip(verdicts, critique_set)]
             metrics.update({"eval/critique_accuracy": sum(hits) / len(hits), "eval/critique_pairs": len(hits),
                             "eval/critique_right_rate": verdicts.count("right") / len(verdicts)})
         if args.self_verify_samples:
@@ -1673,7 +1685,7 @@ def self_cold_start(model, tokenizer, rows, args, log=print):
         texts = generate(model, tokenizer, prompts, m, args.max_completion_length, args.temperature,
                          batch_size=args.generation_chunk_size, chat=args.chat)["texts"] if pairs else []
         verdicts = [parse_verdict(t) for t in texts]
-        hits = [verdict_is_right(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
+        hits = [verdict_agrees(v, pairs[j // m][2]) for j, v in enumerate(verdicts)]
         report = (f"no verdict {verdicts.count(None) / max(1, len(verdicts)):.3f}, balanced critique accuracy "
                   f"{sum(hits) / max(1, len(hits)):.3f}")
         return texts, verdicts, hits, report

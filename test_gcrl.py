@@ -707,7 +707,7 @@ def test_one_gc_rl_step_from_the_shipped_model_mixes_groups_caches_pairs_and_par
     assert m["cache/size"] == m["cache/added"] - 4  # 4 pairs drawn out, without replacement
     for s in critiques:  # a critique's reward is Eq. 2 of its parsed verdict and its pair's label
         assert s["verdict"] == gcrl.parse_verdict(s["text"]) and s["verdict"] in ("right", "wrong")
-        assert s["reward"] == (0.7 if gcrl.verdict_is_right(s["verdict"], s["pair"][2]) else 0.0)
+        assert s["reward"] == (0.7 if gcrl.verdict_agrees(s["verdict"], s["pair"][2]) else 0.0)
         assert s["group"] == s["question"] == s["pair"][0]  # its question's group ...
     mixed = [g for g in {s["group"] for s in critiques} if any(r["group"] == g for r in responses)]
     assert mixed  # ... which holds that question's responses too: a mixed group
@@ -1158,7 +1158,7 @@ def test_self_cold_start_keeps_only_agreeing_well_formed_balanced_critiques(tmp_
     for prompt, text in examples:  # every kept verdict agrees with the verifier on the critiqued response
         q = prompt.split("#Question#: ")[1].split("\n")[0]
         response = prompt.split("#Solution#: ")[1].split("\n")[0]
-        assert gcrl.verdict_is_right(gcrl.parse_verdict(text), gcrl.verify(response, str(int(q.split("+")[0]) * 2)))
+        assert gcrl.verdict_agrees(gcrl.parse_verdict(text), gcrl.verify(response, str(int(q.split("+")[0]) * 2)))
     assert "kept 12 (6 'right', 6 'wrong' verdicts)" in lines[-1] and "no verdict 0.250" in lines[-1]
 
 

@@ -196,7 +196,7 @@ def score_critiques(pairs, texts, questions, fmt=None):
     for (q, response, right), text in zip(pairs, texts):
         rec, given, verdict = recomputed_answer(text), gcrl.extract_boxed(response), gcrl.parse_verdict(text)
         n[right] += 1
-        hits += gcrl.verdict_is_right(verdict, right)  # the set is 1:1, so this is balanced accuracy
+        hits += gcrl.verdict_agrees(verdict, right)  # the set is 1:1, so this is balanced accuracy
         says_right += verdict == "right"
         ok_rec[right] += same_answer(rec, questions[q]["answer"])
         copied += (not right) and same_answer(rec, given)
@@ -244,7 +244,7 @@ def teacher_forced_verdicts(model, tok, rows, fmt):
             head = critique_text(fmt, steps, gold, gcrl.extract_boxed(response) or "", ok).rsplit("\n", 1)[0]
             ids = tok(gcrl.critique_prompt(q, response) + head + "\n", return_tensors="pt").input_ids
             verdict = gcrl.parse_verdict(tok.decode([model(input_ids=ids).logits[0, -1].argmax().item()]))
-            hits += gcrl.verdict_is_right(verdict, ok)
+            hits += gcrl.verdict_agrees(verdict, ok)
             total += 1
     return hits / total
 
