@@ -1,6 +1,6 @@
 """The paper's comparisons in miniature: every arm, several seeds, one command.
 
-    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about 45 min on 2 cores)
+    python tiny_tasks/reproduce.py            # 3 seeds x 7 arms (about 43 min on 2 cores)
     python tiny_tasks/reproduce.py --quick    # 1 seed, 4 steps, 40 eval questions: checks that everything runs
     python tiny_tasks/plot_matrix.py          # the curves of the last run -> tiny_tasks/matrix.png
 
