@@ -813,7 +813,7 @@ def rl_step(model, ref_model, optimizer, tokenizer, batch, state, questions, arg
                     critiques)
             samples += critiques
             metrics.update(rollout)
-    if samples:  # 6. advantages within each group (a group id is a question's: responses and critiques mix)
+    if samples:  # 6. advantages within each group (critique_group: mixed by question, by default)
         R = torch.tensor([s["reward"] for s in samples])                                # (N,)
         G = torch.tensor([s["group"] for s in samples])                                 # (N,)
         for s, adv in zip(samples, grpo_advantages(R, G, args.scale_rewards).tolist()):
