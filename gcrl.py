@@ -197,8 +197,8 @@ def load_questions(path, question_field=None, answer_field=None):
     elif "####" in str(first.get("answer")) and "question" in first:
         name, qkey, akey = "gsm8k", "question", "answer"  # a worked answer ending in '#### 72'
     elif "problem" in first:  # MATH: its 'answer', or else the last \boxed{} of its 'solution'
-        name, qkey, akey = ("math", "problem", "answer") if "answer" in first else ("math_solution", "problem",
-                                                                                    "solution")
+        name, qkey = ("math", "problem") if "answer" in first else ("math_solution", "problem")
+        akey = "answer" if name == "math" else "solution"
     else:
         name, qkey, akey = "plain", "question", "answer"
     rows = []
@@ -235,8 +235,8 @@ def load_model(name, device):
     local = os.path.isdir(name)
     for i, kw in enumerate([{}] if local else [{"local_files_only": True}, {}]):
         if i == 1 and (constants.HF_HUB_OFFLINE or not hub_reachable()):
-            reason = "not in the local cache, and the hub is " + ("off (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE
-                                                                  else "unreachable")
+            hub = "off (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else "unreachable"
+            reason = f"not in the local cache, and the hub is {hub}"
             break
         try:
             tok = AutoTokenizer.from_pretrained(name, padding_side="left", **kw)
@@ -339,6 +339,7 @@ def verdict_agrees(verdict, response_correct):
 # parser builds sympy objects directly, inside size, depth and time bounds (Appendix A).
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_OR_ESCAPE_RE = re.compile(r"\\.|[{}]", re.S)  # \{ \} \\ are escapes, not braces
+_BRACE_DELTA = {"{": 1, "}": -1}
 
 
 def extract_boxed(text):
@@ -354,7 +355,7 @@ def extract_boxed(text):
         pass
     depth = 1
     for m in _BRACE_OR_ESCAPE_RE.finditer(text, last.end()) if last else ():
-        depth += {"{": 1, "}": -1}.get(m.group(), 0)
+        depth += _BRACE_DELTA.get(m.group(), 0)
         if depth == 0:
             return text[last.end():m.start()]
     return None
@@ -1734,9 +1735,10 @@ def sft(model, tokenizer, examples, steps, lr, rng, batch_size=64, first_example
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     # prompts tokenised as generate() does (BOS etc. unless a chat template holds them); targets plain
-    encode = lambda exs: [{"prompt_ids": tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=not chat)
-                           .input_ids, "completion_ids": tokenizer(t, add_special_tokens=False).input_ids
-                           + [tokenizer.eos_token_id]} for p, t in exs]
+    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
+    enc_prompt = lambda s: tokenizer(render_prompt(tokenizer, s, chat), add_special_tokens=not chat).input_ids
+    encode = lambda exs: [{"prompt_ids": enc_prompt(p), "completion_ids": enc(t) + [tokenizer.eos_token_id]}
+                          for p, t in exs]
     data, first = encode(examples), encode(first_examples or [])
     start, loss = 0, float("nan")
     if checkpoint_dir and os.path.isfile(os.path.join(checkpoint_dir, "trainer_state.pt")):
